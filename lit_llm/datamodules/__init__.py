@@ -1,1 +1,6 @@
-"""lit_llm.datamodules"""
+"""LightningDataModules: data knows nothing of the model that consumes it."""
+
+from lit_llm.datamodules.text_classification import TextClassificationDataModule
+from lit_llm.datamodules.token_classification import TokenClassificationDataModule
+
+__all__ = ["TextClassificationDataModule", "TokenClassificationDataModule"]

@@ -1,0 +1,223 @@
+"""The ``lit-llm`` command: LightningCLI (fit / validate / test / predict) plus lit-llm's own subcommands.
+
+Any LightningModule, LightningDataModule and Callback can be named by ``class_path`` (subclass mode), so the
+same command runs our modules and a user's. Each run gets a fresh directory ``runs/<config>/version_<n>``
+(never an earlier run's), W&B runs offline unless the user has a key and chose online mode, the whole CLI config
+becomes the W&B run config, and the end of a run prints where its outputs are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_only
+
+__all__ = ["LitLLMCLI", "main", "configure_wandb_mode", "next_run_dir"]
+
+# Subcommands that are not Trainer methods; each module has `main(argv) -> int`.
+EXTRA_SUBCOMMANDS = {
+    "plan": "lit_llm.planning.cli",
+    "export": "lit_llm.export",
+}
+
+
+def configure_wandb_mode(environ: dict[str, str] | None = None) -> str:
+    """Run W&B offline unless the user set ``WANDB_MODE`` or has an API key; returns the mode in force."""
+    env = os.environ if environ is None else environ
+    if "WANDB_MODE" in env:
+        return env["WANDB_MODE"]
+    netrc = Path(env.get("NETRC", Path.home() / ".netrc"))
+    has_key = bool(env.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+    if not has_key:
+        env["WANDB_MODE"] = "offline"
+        return "offline"
+    return "online"
+
+
+def next_run_dir(root: str | Path, name: str) -> Path:
+    """``root/name/version_<n>`` with n one past the highest existing version, so no run reuses a directory."""
+    base = Path(root) / name
+    versions = [int(m.group(1)) for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return base / f"version_{max(versions, default=-1) + 1}"
+
+
+class LoggedSaveConfig(SaveConfigCallback):
+    """Saves ``config.yaml`` into the run directory and sends the full CLI config to every logger (W&B run config)."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False, format="yaml")
+        import yaml
+
+        as_dict = yaml.safe_load(config)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"cli": as_dict})
+
+
+class JsonlPredictionWriter(BasePredictionWriter):
+    """Writes whatever ``predict_step`` returns (lists of dicts) to a JSONL file, one prediction a line."""
+
+    def __init__(self, output_file: str) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_file = output_file
+
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any) -> None:
+        import json
+
+        path = Path(self.output_file)
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x") as f:  # "x": never overwrite an earlier file
+            for batch in predictions:
+                for item in batch if isinstance(batch, list) else [batch]:
+                    f.write(json.dumps(item, default=str) + "\n")
+        self.written = path
+
+
+class LitLLMCLI(LightningCLI):
+    """LightningCLI with run directories, W&B config logging, ``--test_after_fit`` and a closing summary."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        configure_wandb_mode()
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=LoggedSaveConfig,
+            args=args,
+            run=run,
+            auto_configure_optimizers=True,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="After fit, test the best checkpoint.")
+        parser.add_argument("--run_root", type=str, default="runs", help="Parent folder of the run directories.")
+        parser.add_argument("--run_name", type=str | None, default=None, help="Run folder name (default: config name).")
+
+    # ---------------------------------------------------------------- run directory
+    def _config_name(self, cfg: Any) -> str:
+        if cfg.get("run_name"):
+            return str(cfg.run_name)
+        paths = cfg.get("config") or []
+        if paths:
+            return Path(str(paths[-1])).stem
+        return "run"
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.subcommand
+        if sub is None:
+            return
+        cfg = self.config[sub]
+        trainer_cfg = cfg.trainer
+        root = trainer_cfg.get("default_root_dir") or cfg.get("run_root") or "runs"
+        run_dir = next_run_dir(root, self._config_name(cfg))
+        run_dir.mkdir(parents=True, exist_ok=False)
+        trainer_cfg.default_root_dir = str(run_dir)
+        self.run_dir = run_dir
+        loggers = trainer_cfg.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and "save_dir" in init_args and init_args.save_dir in (None, ".", "./"):
+                init_args.save_dir = str(run_dir)
+        if sub == "predict":
+            callbacks = trainer_cfg.get("callbacks") or []
+            if not any("PredictionWriter" in str(getattr(c, "class_path", "")) for c in callbacks):
+                self._prediction_file = run_dir / "predictions.jsonl"
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                cb.dirpath = str(self.run_dir / "checkpoints")
+        prediction_file = getattr(self, "_prediction_file", None)
+        if prediction_file is not None:
+            trainer.callbacks.append(JsonlPredictionWriter(str(prediction_file)))  # type: ignore[attr-defined]
+        return trainer
+
+    # ---------------------------------------------------------------- after each subcommand
+    def after_fit(self) -> None:
+        if self.config.fit.get("test_after_fit"):
+            checkpoint = self.trainer.checkpoint_callback
+            best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+            # Our modules already hold the best weights after fit; other modules get them from the checkpoint.
+            ckpt = None if getattr(self.model, "export_path", None) or not best else "best"
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        self._summary()
+        self._finish_loggers()
+
+    def after_validate(self) -> None:
+        self._summary()
+        self._finish_loggers()
+
+    def after_test(self) -> None:
+        self._summary()
+        self._finish_loggers()
+
+    def after_predict(self) -> None:
+        self._summary()
+        self._finish_loggers()
+
+    @rank_zero_only
+    def _summary(self) -> None:
+        lines = [f"run directory:    {self.run_dir}"]
+        checkpoint = self.trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+        if best:
+            score = getattr(checkpoint, "best_model_score", None)
+            lines.append(f"best checkpoint:  {best}" + (f" ({checkpoint.monitor}={float(score):.4f})" if score is not None else ""))
+        last = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
+        if last:
+            lines.append(f"last checkpoint:  {last}")
+        for attr, label in (("export_path", "exported model:   "), ("report_path", "report:           ")):
+            value = getattr(self.model, attr, None)
+            if value:
+                lines.append(f"{label}{value}")
+        for cb in self.trainer.callbacks:  # type: ignore[attr-defined]
+            written = getattr(cb, "written", None)
+            if written:
+                lines.append(f"predictions:      {written}")
+            report = getattr(cb, "report_path", None)
+            if report:
+                lines.append(f"{type(cb).__name__} report: {report}")
+        for logger in self.trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                run = getattr(logger, "_experiment", None)
+                if run is not None and getattr(run, "dir", None):
+                    lines.append(f"W&B run:          {Path(run.dir).parent} (mode {os.environ.get('WANDB_MODE', 'online')})")
+        print("\n" + "\n".join(lines), flush=True)
+
+    def _finish_loggers(self) -> None:
+        # Without an explicit finish, wandb's service can be torn down at interpreter exit before it has
+        # written the offline run file (seen with wandb 0.31: an empty run-<id>.wandb).
+        for logger in self.trainer.loggers:
+            run = getattr(logger, "_experiment", None)
+            if run is not None and hasattr(run, "finish"):
+                run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lit-llm``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in EXTRA_SUBCOMMANDS:
+        import importlib
+
+        try:
+            module = importlib.import_module(EXTRA_SUBCOMMANDS[args[0]])
+        except ImportError as err:
+            print(f"lit-llm {args[0]}: not available in this installation ({err})", file=sys.stderr)
+            return 2
+        return int(module.main(args[1:]) or 0)
+    LitLLMCLI(args=None if argv is None else args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

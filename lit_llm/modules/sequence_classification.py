@@ -1,0 +1,366 @@
+"""Sequence classification (single- or multi-label) around ``AutoModelForSequenceClassification``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+    MultilabelAccuracy,
+    MultilabelF1Score,
+    MultilabelPrecision,
+    MultilabelRecall,
+    MultilabelStatScores,
+)
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from lit_llm.hf import ModelSpec, check_export_dir, export_pretrained, load_model, load_tokenizer
+from lit_llm.optim import build_optimizer
+from lit_llm.reports import (
+    format_report,
+    plot_confusion_matrix,
+    report_from_confusion,
+    report_from_multilabel,
+    save_report,
+)
+
+__all__ = ["SequenceClassifier"]
+
+_GENERIC_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+def _metric_name(label: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.-]+", "_", label)
+
+
+def _labels_in_config(model: ModelSpec) -> list[str] | None:
+    """The id2label of a fine-tuned model directory, unless it holds only the generic LABEL_i names."""
+    if isinstance(model, dict):
+        return None
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=False)
+    except (OSError, ValueError):
+        return None
+    names = [config.id2label[i] for i in sorted(config.id2label)]
+    if not names or all(_GENERIC_LABEL.match(n) for n in names):
+        return None
+    return names
+
+
+class SequenceClassifier(pl.LightningModule):
+    """Fine-tune (or train from scratch) a transformer to classify texts or text pairs.
+
+    Single-label uses softmax cross-entropy, multi-label sigmoid BCE. Metrics (torchmetrics): accuracy,
+    macro / micro / weighted F1 and per-class precision / recall / F1. At test end it prints and saves a
+    classification report (as sklearn's) and a confusion-matrix PNG; at fit end it exports the best weights
+    with the tokenizer in HF format, so ``transformers.pipeline("text-classification", model=export_dir)`` works.
+
+    Labels come from ``labels``, else from a fine-tuned model's ``id2label``, else from the datamodule's
+    ``labels`` (and ``multi_label``) attributes at setup: that is the contract with any datamodule.
+
+    Args:
+        model: model directory or hub id, or a config dict with ``model_type`` to train from scratch.
+        labels: class names in id order.
+        num_labels: expected number of classes; an error when the labels found disagree.
+        multi_label: several labels per example; None takes the datamodule's setting (default False).
+        tokenizer: tokenizer directory or hub id; defaults to ``model`` (needed when ``model`` is a config).
+        optimizer: optimizer factory (``torch.optim.AdamW`` by default; any ``torch.optim`` class or
+            ``bitsandbytes.optim.AdamW8bit`` from the CLI). Biases, norms and embeddings get no weight decay.
+        lr_scheduler: optional scheduler factory, stepped every optimizer step (prefer the WarmupSchedule callback).
+        layer_decay: layer-wise LR decay factor in (0, 1]; None for one rate.
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        compile: ``torch.compile`` the model in place.
+        export_dir: where the HF export goes at fit end; default ``<default_root_dir>/export``; must be new or empty.
+        export: whether to export at fit end.
+        report_dir: where test reports go; default ``<default_root_dir>/reports``.
+
+    Raises:
+        ValueError: ``num_labels`` disagrees with the labels; the data's labels differ from the model's.
+        FileExistsError: a non-empty ``export_dir``.
+
+    Example::
+        model = SequenceClassifier("data/models/all-MiniLM-L6-v2", optimizer=partial(torch.optim.AdamW, lr=5e-5))
+        trainer.fit(model, datamodule=TextClassificationDataModule("data/models/all-MiniLM-L6-v2", train_file=...))
+    """
+
+    def __init__(
+        self,
+        model: str | dict[str, Any],
+        labels: list[str] | None = None,
+        num_labels: int | None = None,
+        multi_label: bool | None = None,
+        tokenizer: str | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        layer_decay: float | None = None,
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
+        export_dir: str | None = None,
+        export: bool = True,
+        report_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if num_labels is not None and num_labels < 1:
+            raise ValueError(f"num_labels={num_labels!r}: must be >= 1.")
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay={layer_decay!r}: must be in (0, 1], e.g. 0.8.")
+        if isinstance(model, dict) and tokenizer is None:
+            raise ValueError("model is a config dict: also give tokenizer (a directory or hub id) for export/predict.")
+        # Factories are not plain data: keep them out of the checkpoint so it loads with weights_only=True.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.model_spec = model
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.layer_decay = layer_decay
+        self.tokenizer_name = tokenizer or (model if isinstance(model, str) else None)
+        self.export_dir = export_dir
+        self.export = export
+        self.report_dir = report_dir
+        self.export_path: Path | None = None
+        self.report_path: Path | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.model: torch.nn.Module | None = None
+        self.labels = list(labels) if labels is not None else _labels_in_config(model)
+        self.multi_label = multi_label
+        if self.labels is not None:
+            self._build()
+
+    # ---------------------------------------------------------------- model
+    def _build(self) -> None:
+        assert self.labels is not None
+        num = self.hparams.get("num_labels")
+        if num is not None and num != len(self.labels):
+            raise ValueError(
+                f"num_labels={num} but {len(self.labels)} labels were found ({', '.join(self.labels)}). "
+                "Fix num_labels, or the label column / labels list."
+            )
+        self.multi_label = bool(self.multi_label)
+        self.hparams["labels"] = self.labels
+        self.hparams["multi_label"] = self.multi_label
+        overrides: dict[str, Any] = {
+            "num_labels": len(self.labels),
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": {name: i for i, name in enumerate(self.labels)},
+            "problem_type": "multi_label_classification" if self.multi_label else "single_label_classification",
+        }
+        if not isinstance(self.model_spec, dict):
+            # A fine-tuned head with another label count is replaced, not an error.
+            overrides["ignore_mismatched_sizes"] = True
+        self.model = load_model(AutoModelForSequenceClassification, self.model_spec, **overrides)
+        # from_pretrained returns the model in eval mode and Lightning keeps submodules' modes: without this,
+        # dropout would stay off during training.
+        self.model.train()
+        if self.hparams.gradient_checkpointing:
+            # transformers >= 5.2x renamed gradient_checkpointing_enable; support both.
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.hparams.compile:
+            self.model.compile()
+        self._build_metrics()
+
+    def _build_metrics(self) -> None:
+        n = len(self.labels or [])
+        for stage in ("val", "test"):
+            if self.multi_label:
+                metrics = MetricCollection({
+                    "accuracy": MultilabelAccuracy(n, average="micro"),
+                    "f1_macro": MultilabelF1Score(n, average="macro"),
+                    "f1_micro": MultilabelF1Score(n, average="micro"),
+                    "f1_weighted": MultilabelF1Score(n, average="weighted"),
+                })
+                per_class = MetricCollection({
+                    "precision": MultilabelPrecision(n, average=None),
+                    "recall": MultilabelRecall(n, average=None),
+                    "f1": MultilabelF1Score(n, average=None),
+                    "stats": MultilabelStatScores(n, average=None),
+                })
+            else:
+                metrics = MetricCollection({
+                    "accuracy": MulticlassAccuracy(n, average="micro"),
+                    "f1_macro": MulticlassF1Score(n, average="macro"),
+                    "f1_micro": MulticlassF1Score(n, average="micro"),
+                    "f1_weighted": MulticlassF1Score(n, average="weighted"),
+                })
+                per_class = MetricCollection({
+                    "precision": MulticlassPrecision(n, average=None),
+                    "recall": MulticlassRecall(n, average=None),
+                    "f1": MulticlassF1Score(n, average=None),
+                    "confusion": MulticlassConfusionMatrix(n),
+                })
+            setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
+            setattr(self, f"{stage}_per_class", per_class)
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            if self.tokenizer_name is None:
+                raise ValueError("SequenceClassifier: no tokenizer configured; pass tokenizer=...")
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_labels = list(getattr(datamodule, "labels", None) or []) or None
+        if self.multi_label is None:
+            self.multi_label = bool(getattr(datamodule, "multi_label", False))
+        if self.model is None:
+            if data_labels is None:
+                raise ValueError(
+                    "SequenceClassifier: no labels. Pass labels=[...], load a fine-tuned model with id2label, "
+                    "or use a datamodule with a `labels` attribute (e.g. TextClassificationDataModule)."
+                )
+            self.labels = data_labels
+            self._build()
+        elif data_labels is not None and data_labels != self.labels:
+            raise ValueError(
+                f"the data's labels {data_labels} differ from the model's {self.labels}: class ids would not match. "
+                f"Set the datamodule's labels to {self.labels}."
+            )
+        if stage == "fit" and self.export:
+            check_export_dir(self._export_dir())
+
+    def _run_dir(self) -> Path:
+        return Path(self.trainer.default_root_dir) if self._trainer is not None else Path.cwd()
+
+    def _export_dir(self) -> Path:
+        return Path(self.export_dir) if self.export_dir else self._run_dir() / "export"
+
+    def configure_optimizers(self) -> Any:
+        assert self.model is not None, "setup() builds the model before the optimizer"
+        optimizer = build_optimizer(self.model, self.optimizer_factory, self.layer_decay)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---------------------------------------------------------------- steps
+    @staticmethod
+    def _inputs(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if k != "text"}
+
+    def forward(self, **inputs: Any) -> Any:
+        assert self.model is not None
+        return self.model(**inputs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        outputs = self(**self._inputs(batch))
+        loss = outputs.loss
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        outputs = self(**self._inputs(batch))
+        labels = batch["labels"]
+        preds = outputs.logits.sigmoid() if self.multi_label else outputs.logits.argmax(-1)  # (B, C) or (B,)
+        target = labels.long()
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        per_class: MetricCollection = getattr(self, f"{stage}_per_class")
+        metrics.update(preds, target)
+        per_class.update(preds, target)
+        self.log(f"{stage}/loss", outputs.loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> dict[str, torch.Tensor]:
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        per_class: MetricCollection = getattr(self, f"{stage}_per_class")
+        values = metrics.compute()
+        self.log_dict(values, prog_bar=True)
+        computed = per_class.compute()
+        assert self.labels is not None
+        for kind in ("precision", "recall", "f1"):
+            for name, value in zip(self.labels, computed[kind]):
+                self.log(f"{stage}/{kind}_{_metric_name(name)}", value)
+        metrics.reset()
+        per_class.reset()
+        return computed
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        computed = self._log_epoch("test")
+        assert self.labels is not None
+        if self.multi_label:
+            report = report_from_multilabel(computed["stats"], self.labels)
+        else:
+            report = report_from_confusion(computed["confusion"], self.labels)
+        if self.trainer.is_global_zero:
+            out = Path(self.report_dir) if self.report_dir else self._run_dir() / "reports"
+            self.report_path = save_report(report, out)
+            if not self.multi_label:
+                plot_confusion_matrix(computed["confusion"], self.labels, out / "confusion_matrix.png", "test")
+            rank_zero_info("\nClassification report (test):\n" + format_report(report))
+        self.test_report = report
+
+    # ---------------------------------------------------------------- predict
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        inputs = {k: v for k, v in self._inputs(batch).items() if k != "labels"}
+        logits = self(**inputs).logits  # (B, C)
+        return self._decode(logits, batch.get("text"))
+
+    def _decode(self, logits: torch.Tensor, texts: list[str] | None) -> list[dict[str, Any]]:
+        assert self.labels is not None
+        probs = logits.float().sigmoid() if self.multi_label else logits.float().softmax(-1)  # (B, C)
+        out = []
+        for i, row in enumerate(probs.tolist()):
+            item: dict[str, Any] = {"probabilities": dict(zip(self.labels, row))}
+            if self.multi_label:
+                item["labels"] = [name for name, p in zip(self.labels, row) if p >= 0.5]
+            else:
+                best = max(range(len(row)), key=row.__getitem__)
+                item["label"], item["score"] = self.labels[best], row[best]
+            if texts is not None:
+                item["text"] = texts[i]
+            out.append(item)
+        return out
+
+    @torch.no_grad()
+    def classify(self, texts: list[str], batch_size: int = 32, max_length: int = 512) -> list[dict[str, Any]]:
+        """Labels and probabilities for raw texts, outside any Trainer.
+
+        Example::
+            SequenceClassifier(model="runs/rt/export").classify(["a gripping, funny film"])
+        """
+        if self.model is None:
+            raise ValueError("SequenceClassifier.classify: the model has no labels yet; pass labels=[...].")
+        was_training = self.training
+        self.eval()
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            enc = self.tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            logits = self(**{k: v.to(self.device) for k, v in enc.items()}).logits
+            results.extend(self._decode(logits, chunk))
+        self.train(was_training)
+        return results
+
+    # ---------------------------------------------------------------- export
+    def on_fit_end(self) -> None:
+        checkpoint = getattr(self.trainer, "checkpoint_callback", None)
+        best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+        if best and Path(best).is_file():
+            state = torch.load(best, map_location="cpu", weights_only=True)
+            self.load_state_dict(state["state_dict"])
+            rank_zero_info(f"loaded the best checkpoint {best} (score {float(checkpoint.best_model_score):.4f})")
+        if self.export and self.trainer.is_global_zero:
+            assert self.model is not None
+            self.export_path = export_pretrained(self.model, self.tokenizer, self._export_dir())
+            rank_zero_info(f"exported HF model + tokenizer to {self.export_path}")

@@ -118,7 +118,7 @@ class LitLLMCLI(LightningCLI):
         cfg = self.config[sub]
         trainer_cfg = cfg.trainer
         root = trainer_cfg.get("default_root_dir") or cfg.get("run_root") or "runs"
-        run_dir = next_run_dir(root, self._config_name(cfg))
+        run_dir = next_run_dir(Path(root).absolute(), self._config_name(cfg))
         run_dir.mkdir(parents=True, exist_ok=False)
         trainer_cfg.default_root_dir = str(run_dir)
         self.run_dir = run_dir

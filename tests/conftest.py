@@ -126,3 +126,13 @@ def sentiment_csvs(tmp_path) -> dict[str, Path]:
                 f.write(f"{text},{label}\n")
         paths[split] = path
     return paths
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Trainers leak MASTER_PORT / LOCAL_RANK / ... into os.environ; a later multi-process test would then believe
+    an external launcher created its processes and wait forever for rank 1. Restore the environment after each test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

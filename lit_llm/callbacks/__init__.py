@@ -1,5 +1,16 @@
 """Drop-in Lightning callbacks: each works on any LightningModule."""
 
+from lit_llm.callbacks.distillation import DistillationTeacher
+from lit_llm.callbacks.global_batch import GlobalBatchSize
+from lit_llm.callbacks.low_rank import LowRankFactorization
+from lit_llm.callbacks.pruning import Pruning
+from lit_llm.callbacks.quantization import Int8Quantization
+from lit_llm.callbacks.throughput import TransformerThroughputMonitor
 from lit_llm.callbacks.warmup import WarmupSchedule
 
-__all__ = ["WarmupSchedule"]
+__all__ = [
+    "DistillationTeacher",
+    "Int8Quantization",
+    "LowRankFactorization",
+    "Pruning",
+    "GlobalBatchSize", "TransformerThroughputMonitor", "WarmupSchedule"]

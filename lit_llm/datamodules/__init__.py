@@ -1,6 +1,7 @@
 """LightningDataModules: data knows nothing of the model that consumes it."""
 
+from lit_llm.datamodules.corpus import TextCorpusDataModule
 from lit_llm.datamodules.text_classification import TextClassificationDataModule
 from lit_llm.datamodules.token_classification import TokenClassificationDataModule
 
-__all__ = ["TextClassificationDataModule", "TokenClassificationDataModule"]
+__all__ = ["TextCorpusDataModule", "TextClassificationDataModule", "TokenClassificationDataModule"]

@@ -359,7 +359,8 @@ class SequenceClassifier(pl.LightningModule):
         if best and Path(best).is_file():
             state = torch.load(best, map_location="cpu", weights_only=True)
             self.load_state_dict(state["state_dict"])
-            rank_zero_info(f"loaded the best checkpoint {best} (score {float(checkpoint.best_model_score):.4f})")
+            score = getattr(checkpoint, "best_model_score", None)
+            rank_zero_info(f"loaded the best checkpoint {best}" + (f" (score {float(score):.4f})" if score is not None else ""))
         if self.export and self.trainer.is_global_zero:
             assert self.model is not None
             self.export_path = export_pretrained(self.model, self.tokenizer, self._export_dir())

@@ -1,0 +1,393 @@
+"""``TextCorpusDataModule``: raw text files or an HF dataset, tokenized, packed and served for pre-training.
+
+The data side knows nothing of the objective: it yields token blocks with ``special_tokens_mask`` and
+``word_starts``; the masked-LM module masks them, the causal-LM module shifts them. Tokenization runs in
+``datasets.map`` (batched, ``num_proc`` processes) whose cache files are keyed by the inputs' fingerprint,
+so a second run on unchanged files and settings re-uses them. ``streaming=True`` reads the corpus lazily
+and splits its documents round-robin over DDP ranks x dataloader workers.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from typing_extensions import override
+
+from lit_llm.datamodules.packing import (
+    BlockPacker,
+    collate_blocks,
+    iter_shard,
+    make_nsp_pairs,
+    pack_blocks,
+    tokenize_documents,
+)
+from lit_llm.hf import load_tokenizer
+from lit_llm.tokenizer_training import TokenizerKind, train_tokenizer
+
+__all__ = ["TextCorpusDataModule", "StreamingBlocks"]
+
+log = logging.getLogger(__name__)
+
+_BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+_HUGE = 1_000_000  # HF's "no limit" model_max_length is ~1e30
+
+
+def _resolve_files(data_files: str | list[str]) -> tuple[str, list[str]]:
+    """Expand globs; return the ``datasets`` builder name and the sorted file list."""
+    patterns = [data_files] if isinstance(data_files, str) else list(data_files)
+    files: list[str] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
+        if not matched:
+            raise FileNotFoundError(f"data_files: {pattern!r} matches no file; give a path, a list or a glob.")
+        files.extend(matched)
+    suffixes = {"".join(Path(f).suffixes[-2:-1] if f.endswith((".gz", ".bz2", ".zst")) else Path(f).suffix)
+                for f in files}
+    builders = {_BUILDERS.get(s.lower()) for s in suffixes}
+    if None in builders or len(builders) != 1:
+        raise ValueError(
+            f"data_files {files!r}: need one kind of file among {sorted(_BUILDERS)} (got suffixes {sorted(suffixes)})."
+        )
+    return builders.pop(), files  # type: ignore[return-value]
+
+
+class StreamingBlocks(IterableDataset):
+    """Lazily tokenized (and packed) documents, each document read by exactly one (rank, worker) shard.
+
+    Documents are dealt round-robin: document ``i`` belongs to shard ``i % (world_size * num_workers)``,
+    with shard ``rank * num_workers + worker_id``, so no document is duplicated or dropped. Each shard
+    reads the stream in full but tokenizes only its own documents (tokenizing is the expensive part).
+    Ranks may yield a different number of blocks: train with ``max_steps`` so no rank waits for another.
+
+    Args:
+        documents: a re-iterable of texts (e.g. an HF ``IterableDataset`` column view).
+        tokenizer: a fast tokenizer.
+        block_size: tokens per block.
+        packing: pack documents into full blocks, or yield each document truncated to ``block_size``.
+        rank: this process's rank; world_size: the number of ranks (set by the datamodule in ``setup``).
+    """
+
+    def __init__(self, documents: Any, tokenizer: Any, block_size: int, packing: bool,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.documents, self.tokenizer, self.block_size, self.packing = documents, tokenizer, block_size, packing
+        self.rank, self.world_size = rank, world_size
+
+    def shard(self) -> tuple[int, int]:
+        """``(shard index, number of shards)`` of the calling process / worker."""
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        shard, num_shards = self.shard()
+        packer = BlockPacker(self.block_size)
+        for index, text in iter_shard(self.documents, shard, num_shards):
+            cols = tokenize_documents([text], self.tokenizer, max_length=None if self.packing else self.block_size)
+            example = {name: values[0] for name, values in cols.items()}
+            if not example["input_ids"]:
+                continue
+            if self.packing:
+                yield from packer.add(example)
+            else:
+                yield {**example, "document": index}
+
+
+class TextCorpusDataModule(pl.LightningDataModule):
+    """A text corpus for masked- or causal-LM pre-training.
+
+    Args:
+        data_files: a file, a list of files or a glob (``.txt`` one document per line, ``.json``/``.jsonl``,
+            ``.csv``, ``.parquet``); or None with ``dataset_name``.
+        dataset_name: an HF dataset name or local dataset script dir (``datasets.load_dataset``).
+        dataset_config: the dataset's config name, if it has several.
+        split: the split to read from ``dataset_name``.
+        text_field: the column that holds the text.
+        tokenizer: a tokenizer directory or hub id; None with ``train_tokenizer``.
+        train_tokenizer: train a ``"wordpiece"`` or ``"bpe"`` tokenizer on the training texts (from scratch).
+        vocab_size: size of the trained tokenizer's vocabulary.
+        tokenizer_dir: where the trained tokenizer is saved; default ``<trainer.default_root_dir>/tokenizer``.
+        block_size: tokens per training example.
+        packing: concatenate documents with separators into full blocks (no padding), or truncate each
+            document to ``block_size`` and pad batches.
+        nsp: build sentence pairs for next-sentence prediction (50% real next segment); needs [CLS]/[SEP].
+        val_fraction: every ``round(1 / val_fraction)``-th document goes to validation (0 for none).
+        batch_size: examples per batch (per device).
+        num_workers: dataloader worker processes.
+        num_proc: processes for ``datasets.map`` tokenization (None: in-process).
+        streaming: read the corpus lazily instead of tokenizing it all up front (for corpora larger than memory).
+        cache_dir: the ``datasets`` cache (None: the HF default).
+        seed: shuffling and NSP pairing seed.
+
+    Raises:
+        ValueError / FileNotFoundError / KeyError: bad arguments or data, with what to change.
+
+    Example::
+        dm = TextCorpusDataModule(data_files="data/wiki/*.jsonl", tokenizer="data/models/all-MiniLM-L6-v2",
+                                  block_size=128)
+    """
+
+    def __init__(
+        self,
+        data_files: str | list[str] | None = None,
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
+        split: str = "train",
+        text_field: str = "text",
+        tokenizer: str | None = None,
+        train_tokenizer: TokenizerKind | None = None,
+        vocab_size: int = 8000,
+        tokenizer_dir: str | None = None,
+        block_size: int = 128,
+        packing: bool = True,
+        nsp: bool = False,
+        val_fraction: float = 0.05,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        streaming: bool = False,
+        cache_dir: str | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if (data_files is None) == (dataset_name is None):
+            raise ValueError(
+                f"TextCorpusDataModule(data_files={data_files!r}, dataset_name={dataset_name!r}): give exactly one."
+            )
+        if (tokenizer is None) == (train_tokenizer is None):
+            raise ValueError(
+                f"TextCorpusDataModule(tokenizer={tokenizer!r}, train_tokenizer={train_tokenizer!r}): give a "
+                "tokenizer path / hub id, or train_tokenizer='wordpiece' or 'bpe' to train one on the corpus."
+            )
+        if block_size < 8:
+            raise ValueError(f"block_size={block_size!r}: use at least 8 tokens (128 or 512 are usual).")
+        if not 0.0 <= val_fraction < 0.5:
+            raise ValueError(f"val_fraction={val_fraction!r} must be in [0, 0.5), e.g. 0.05.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be >= 1.")
+        if nsp and streaming:
+            raise ValueError("nsp=True needs the whole corpus to draw random segments from; use streaming=False.")
+        # "tokenizer" is also a module argument: under another name here, so Lightning can merge both hparams
+        # for the logger even when the two are spelled differently.
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.hparams["data_tokenizer"] = tokenizer
+        self.data_files, self.dataset_name = data_files, dataset_name
+        self.dataset_config, self.split = dataset_config, split
+        self.text_field, self.tokenizer_name, self.train_tokenizer = text_field, tokenizer, train_tokenizer
+        self.vocab_size, self.tokenizer_dir = vocab_size, tokenizer_dir
+        self.block_size, self.packing, self.nsp, self.val_fraction = block_size, packing, nsp, val_fraction
+        self.batch_size, self.num_workers, self.num_proc = batch_size, num_workers, num_proc
+        self.streaming, self.cache_dir, self.seed = streaming, cache_dir, seed
+        self.tokenizer: Any = None
+        self.train_dataset: Any = None
+        self.val_dataset: Any = None
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _describe(self) -> str:
+        if self.data_files is not None:
+            return f"data_files={self.data_files!r}"
+        return f"dataset_name={self.dataset_name!r}"
+
+    def _load_raw(self, streaming: bool) -> Any:
+        import datasets
+
+        if self.data_files is not None:
+            builder, files = _resolve_files(self.data_files)
+            if all(Path(f).stat().st_size == 0 for f in files):
+                raise ValueError(f"the corpus {self._describe()} is empty: it holds no document.")
+            raw = datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming,
+                                        cache_dir=self.cache_dir)
+        else:
+            raw = datasets.load_dataset(self.dataset_name, self.dataset_config, split=self.split,
+                                        streaming=streaming, cache_dir=self.cache_dir)
+        columns = raw.column_names if raw.column_names is not None else list(next(iter(raw), {}).keys())
+        if not columns and not streaming:
+            raise ValueError(f"the corpus {self._describe()} is empty: it holds no document.")
+        if columns and self.text_field not in columns:
+            raise KeyError(
+                f"text_field={self.text_field!r} is not a field of {self._describe()}; its fields are {columns}. "
+                "Set text_field to one of them."
+            )
+        if not streaming and len(raw) == 0:
+            raise ValueError(f"the corpus {self._describe()} is empty: it holds no document.")
+        return raw.select_columns([self.text_field])
+
+    def _is_val(self, index: int) -> bool:
+        every = round(1 / self.val_fraction) if self.val_fraction > 0 else 0
+        return every > 0 and index % every == 0
+
+    def _resolved_tokenizer_dir(self) -> Path:
+        if self.tokenizer_dir is not None:
+            return Path(self.tokenizer_dir)
+        root = Path(self.trainer.default_root_dir) if self.trainer is not None else Path.cwd()
+        return root / "tokenizer"
+
+    def _texts(self, raw: Any) -> Iterator[str]:
+        for index, row in enumerate(raw):
+            if not self._is_val(index) and row[self.text_field]:
+                yield row[self.text_field]
+
+    # -- Lightning hooks -------------------------------------------------------------------------------------
+    @override
+    def prepare_data(self) -> None:
+        # Rank zero only: train / save the tokenizer and fill the datasets cache, so other ranks' setup reads them.
+        self._prepare_tokenizer(train=True)
+        if not self.streaming:
+            self._tokenized(self._load_raw(streaming=False))
+
+    def _prepare_tokenizer(self, train: bool) -> None:
+        if self.tokenizer is not None:
+            return
+        if self.tokenizer_name is not None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        else:
+            out = self._resolved_tokenizer_dir()
+            if (out / "tokenizer.json").exists():
+                self.tokenizer = load_tokenizer(str(out))
+            elif train:
+                raw = self._load_raw(streaming=self.streaming)
+                rank_zero_info(f"Training a {self.train_tokenizer} tokenizer (vocab {self.vocab_size}) into {out}")
+                self.tokenizer = train_tokenizer(self._texts(raw), self.train_tokenizer, self.vocab_size, out,
+                                                 model_max_length=max(512, self.block_size))
+            else:
+                raise FileNotFoundError(f"no trained tokenizer in {str(out)!r}; call prepare_data() first.")
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(f"tokenizer {self.tokenizer_name!r} is not a fast tokenizer; word ids need one.")
+        max_len = self.tokenizer.model_max_length
+        if max_len < _HUGE and self.block_size > max_len:
+            raise ValueError(
+                f"block_size={self.block_size} is larger than the tokenizer's model_max_length={max_len} "
+                f"({self.tokenizer_name or 'trained tokenizer'}); lower block_size to at most {max_len}."
+            )
+
+    def _tokenized(self, raw: Any) -> dict[str, Any]:
+        """Tokenize, split and pack; cached by ``datasets`` fingerprints."""
+        tok = self.tokenizer
+        # A module-level function plus fn_kwargs (not a closure over self) keeps the datasets fingerprint
+        # stable across runs, which is what lets the second run re-use the cache files.
+        tokenized = raw.map(
+            _tokenize_column, batched=True, num_proc=self.num_proc, remove_columns=[self.text_field],
+            fn_kwargs={"field": self.text_field, "tokenizer": tok,
+                       "max_length": None if (self.packing or self.nsp) else self.block_size,
+                       "add_special_tokens": not self.nsp},
+            desc="Tokenizing",
+        )
+        splits = {"train": [i for i in range(len(tokenized)) if not self._is_val(i)],
+                  "val": [i for i in range(len(tokenized)) if self._is_val(i)]}
+        out: dict[str, Any] = {}
+        for name, indices in splits.items():
+            if not indices:
+                continue
+            part = tokenized.select(indices).filter(lambda ids: len(ids) > 0, input_columns="input_ids",
+                                                    num_proc=self.num_proc, desc=f"Dropping empty ({name})")
+            if self.nsp:
+                part = part.map(make_nsp_pairs, batched=True, num_proc=self.num_proc,
+                                fn_kwargs={"tokenizer": tok, "block_size": self.block_size, "seed": self.seed},
+                                remove_columns=part.column_names, desc=f"Sentence pairs ({name})")
+            elif self.packing:
+                part = part.map(pack_blocks, batched=True, num_proc=self.num_proc,
+                                fn_kwargs={"block_size": self.block_size}, desc=f"Packing ({name})")
+            out[name] = part
+        return out
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.train_dataset is not None:
+            return
+        self._prepare_tokenizer(train=self.trainer is None)
+        if self.streaming:
+            self._setup_streaming()
+            return
+        parts = self._tokenized(self._load_raw(streaming=False))
+        train = parts.get("train")
+        n_docs = 0 if train is None else len(train)
+        if n_docs == 0:
+            raise ValueError(
+                f"the corpus {self._describe()} (text_field={self.text_field!r}) gives no training block of "
+                f"block_size={self.block_size} tokens: it is empty or shorter than one block. Lower block_size, "
+                "use packing=False, or add text."
+            )
+        self.train_dataset, self.val_dataset = train, parts.get("val")
+        rank_zero_info(
+            f"TextCorpusDataModule: {len(train)} training examples of <= {self.block_size} tokens"
+            + (f", {len(self.val_dataset)} validation" if self.val_dataset is not None else "")
+        )
+
+    def _setup_streaming(self) -> None:
+        raw = self._load_raw(streaming=True)
+        texts = _Column(raw, self.text_field)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        every = round(1 / self.val_fraction) if self.val_fraction > 0 else 0
+        self.train_dataset = StreamingBlocks(_Filtered(texts, every, val=False), self.tokenizer, self.block_size,
+                                             self.packing, rank, world)
+        if self.val_fraction > 0:
+            self.val_dataset = StreamingBlocks(_Filtered(texts, every, val=True), self.tokenizer, self.block_size,
+                                               self.packing, rank, world)
+
+    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
+        collate = partial(collate_blocks, pad_token_id=self.tokenizer.pad_token_id or 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle and not isinstance(dataset, IterableDataset),
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_dataset is None else self._loader(self.val_dataset, shuffle=False)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        # The trained tokenizer's location, so a resumed run does not retrain a different one.
+        return {"tokenizer_dir": str(self._resolved_tokenizer_dir()) if self.train_tokenizer else None}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("tokenizer_dir"):
+            self.tokenizer_dir = state_dict["tokenizer_dir"]
+
+
+def _tokenize_column(batch: dict[str, list[Any]], field: str, tokenizer: Any, max_length: int | None,
+                     add_special_tokens: bool) -> dict[str, list[list[int]]]:
+    return tokenize_documents(batch[field], tokenizer, max_length=max_length, add_special_tokens=add_special_tokens)
+
+
+class _Column:
+    """Re-iterable view of one text column of an HF (iterable) dataset."""
+
+    def __init__(self, raw: Any, field: str) -> None:
+        self.raw, self.field = raw, field
+
+    def __iter__(self) -> Iterator[str]:
+        # .iter() rather than iter(): inside a dataloader worker the latter hands out whole file shards
+        # (one file -> one busy worker); we deal documents ourselves, so every worker must see the full stream.
+        for batch in self.raw.iter(batch_size=256):
+            yield from batch[self.field]
+
+
+class _Filtered:
+    """The training (or validation) documents of a stream, by the same index rule as the in-memory split."""
+
+    def __init__(self, texts: _Column, every: int, val: bool) -> None:
+        self.texts, self.every, self.val = texts, every, val
+
+    def __iter__(self) -> Iterator[str]:
+        for index, text in enumerate(self.texts):
+            if (self.every > 0 and index % self.every == 0) == self.val:
+                yield text

@@ -1,0 +1,226 @@
+"""Per-device memory of one training step: weights, gradients, optimizer states, activations, buffers.
+
+Activations follow Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
+sec. 4.1), per layer ``sbh(34 + 5as/h)`` bytes in 16-bit with dropout, written here tensor by tensor so that
+the same sum also holds in fp32, without dropout, with flash attention (no ``s*s`` term) and for HF's GPT-2
+``gelu_new`` (a Python tanh formula that keeps five ``s*b*ffn`` tensors instead of two).
+
+The peak is not the sum of the parts: gradients appear while activations are freed during backward. Both
+change linearly layer by layer, so the peak is at one of three moments, and we take the largest:
+
+- start of backward: every activation (with checkpointing: the block inputs, then one recomputed block once
+  the loss buffers are gone) with the largest of the LM head's three ``s*b*V`` fp32 buffers (log-softmax
+  output, its gradient, the logits' gradient) and, once they are freed, the logits' gradient with the tied
+  embedding's gradient;
+- end of backward: every gradient plus the embedding backward's ``V*h`` buffer;
+- optimizer step: every gradient plus the optimizer's temporaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from lit_llm.planning.choice import PlanChoice
+from lit_llm.planning.params import Task, parameter_tensors
+from lit_llm.planning.presets import GIB, HardwareSpec, ModelDims
+
+__all__ = ["Attention", "MemoryEstimate", "activation_bytes", "estimate_memory", "accelerate_estimate"]
+
+Attention = Literal["flash", "eager"]
+_BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes keeps 32-bit state for smaller tensors (min_8bit_size)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device; ``peak`` is what must fit (see the module docstring for why it is not the sum).
+
+    ``host`` is CPU memory per node needed by offload (0 without offload). ``tensor_peak`` is the peak of live
+    tensor bytes alone, without the GPU runtime context and allocator fragmentation that ``peak`` adds: what
+    ``torch.cuda.max_memory_allocated`` measures.
+    """
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    temporary: float
+    peak: float
+    host: float = 0.0
+    tensor_peak: float = 0.0
+
+    def gib(self) -> dict[str, float]:
+        return {key: round(value / GIB, 3) for key, value in asdict(self).items()}
+
+
+def _act_tensors_ffn(dims: ModelDims) -> int:
+    # How many s*b*ffn tensors autograd keeps in the MLP: GELU keeps its input, fc2 its input (GELU's output);
+    # HF's gelu_new keeps x, tanh(.), 0.5x and 1+tanh(.) plus fc2's input; SwiGLU keeps gate, up, silu, product.
+    if dims.arch == "llama":
+        return 4
+    return 5 if dims.activation in ("gelu_new", "gelu_fast") else 2
+
+
+def activation_bytes(
+    dims: ModelDims,
+    seq: int,
+    micro_batch: int,
+    bytes_per_value: int,
+    attention: Attention = "flash",
+    task: Task = "clm",
+    mask_bytes: int = 1,
+) -> tuple[float, float, float]:
+    """Bytes autograd keeps for backward: (one block, embeddings + head, one block's checkpointed input).
+
+    Args:
+        dims: the model.
+        seq: sequence length ``s``.
+        micro_batch: sequences ``b``.
+        bytes_per_value: 2 in 16-bit (mixed precision), 4 in fp32.
+        attention: ``flash`` (SDPA/FlashAttention: no ``s*s`` matrix kept) or ``eager`` (softmax kept).
+        task: ``mlm`` adds BERT's prediction head (dense, GELU, LayerNorm: four ``s*b*h`` tensors).
+        mask_bytes: bytes per dropout-mask element: 1 where torch has a fused dropout kernel (CUDA keeps a bool
+            mask), ``bytes_per_value`` on CPU (its dropout multiplies by a saved noise tensor of the input dtype).
+
+    Example::
+        block, outer, ckpt = activation_bytes(MODEL_PRESETS["bert-base"], 512, 8, 2, "eager")
+    """
+    s, b, h, a, f, p = seq, micro_batch, dims.hidden, dims.heads, dims.ffn, bytes_per_value
+    sbh, sbf = s * b * h, s * b * f
+    mask = mask_bytes if dims.dropout > 0 else 0  # nothing is kept when p == 0
+    if dims.arch == "llama":
+        # two RMSNorms keep x and x_normed; rotary keeps q, rotate_half(q), q_rot (and the same for k); v
+        per_sbh = 2 + 7 + 2
+    else:
+        # block input (read by Q/K/V or ln_1+c_attn), Q, K, V, LN inputs, MLP input; BERT and GPT-2 keep 7
+        per_sbh = 7
+    block = p * sbh * per_sbh + 2 * mask * sbh + p * sbf * _act_tensors_ffn(dims)
+    if attention == "eager":
+        attn_drop = dims.attention_dropout > 0
+        block += a * s * s * b * (p * (2 if attn_drop else 1) + (mask_bytes if attn_drop else 0))
+        block += p * sbh  # the heads merged back (.transpose().contiguous()) for the output projection
+    else:
+        block += 2 * p * sbh + 4 * b * a * s  # SDPA's output, the merged copy, log-sum-exp (fp32)
+    block += 2 * 8 * s * b  # LayerNorm mean and rstd (fp32)
+
+    outer = mask * sbh + 8 * s * b  # embedding dropout mask, token ids
+    if dims.arch == "bert":
+        outer += p * sbh  # embedding LayerNorm input
+        if task == "mlm":
+            outer += 4 * p * sbh  # head: dense input, GELU input, LayerNorm input, decoder input
+    else:
+        outer += p * sbh * 2  # final norm input and output (read by the head)
+    return float(block), float(outer), float(p * sbh)
+
+
+def _optimizer_bytes(numels: list[int], optimizer_8bit: bool) -> float:
+    if not optimizer_8bit:
+        return 8.0 * sum(numels)  # AdamW: exp_avg and exp_avg_sq in fp32
+    # AdamW8bit: two uint8 states with one fp32 absmax per 256-value block; small tensors stay 32-bit
+    return sum(2.0 * n + 8.0 * ((n + 255) // 256) if n >= _BNB_MIN_8BIT_SIZE else 8.0 * n for n in numels)
+
+
+def estimate_memory(
+    dims: ModelDims,
+    task: Task,
+    choice: PlanChoice,
+    seq: int,
+    hardware: HardwareSpec,
+    attention: Attention = "flash",
+    num_labels: int = 2,
+) -> MemoryEstimate:
+    """Peak memory of one device in one steady-state training step of ``choice``.
+
+    Args:
+        dims: the model.
+        task: ``mlm``, ``clm`` or ``classification`` (LM tasks add ``s*b*V`` fp32 loss buffers).
+        choice: strategy, precision, checkpointing, optimizer, offload, micro-batch, world size.
+        seq: sequence length.
+        hardware: the device (its runtime context is added on GPUs).
+        attention: ``flash`` or ``eager``, see :func:`activation_bytes`.
+        num_labels: classes of a classification head.
+
+    Example::
+        choice = PlanChoice(micro_batch=8)
+        est = estimate_memory(MODEL_PRESETS["bert-base"], "mlm", choice, 512, resolve_hardware("A10"))
+        est.peak / 2**30  # GiB
+    """
+    tensors = parameter_tensors(dims, task, num_labels)
+    numels = [t.numel for t in tensors]
+    n_params = float(sum(numels))
+    largest = float(max(numels))
+    group = choice.shard_group
+    p = 2 if choice.mixed else 4
+
+    # What each device holds between steps (master weights are fp32 in every precision Lightning offers).
+    sharded_w = choice.strategy == "fsdp-full" or choice.strategy == "fsdp-hybrid"
+    weights = 4 * n_params / (group if sharded_w else 1)
+    grads = 4 * n_params / (group if choice.strategy != "ddp" else 1)
+    optim = _optimizer_bytes(numels, choice.optimizer_8bit) / (group if choice.strategy != "ddp" else 1)
+    host = 0.0
+    if choice.offload:
+        host = (weights + grads + optim) * min(choice.devices_per_node, choice.world_size)
+        weights = grads = optim = 0.0
+
+    # Working weights during forward/backward.
+    block_params = float(sum(t.numel for t in tensors if t.layer == 0))
+    outer_params = n_params - dims.num_layers * block_params
+    if choice.strategy == "ddp":
+        working = 2 * n_params if choice.mixed else 0.0  # autocast caches a 16-bit copy of every weight
+    elif choice.strategy == "fsdp-grad-op":
+        working = p * n_params  # gathered after forward, kept through backward (ZeRO-2)
+    else:
+        # one block gathered plus the next one prefetched, and the unsharded embeddings/head
+        working = p * (2 * block_params + outer_params)
+
+    block, outer, ckpt_input = activation_bytes(
+        dims, seq, choice.micro_batch, p, attention, task, mask_bytes=1 if hardware.is_gpu else p
+    )
+    if choice.checkpointing:
+        stored = dims.num_layers * ckpt_input + outer  # block inputs only
+        recompute = block  # the last block is recomputed once the loss buffers are freed
+    else:
+        stored, recompute = dims.num_layers * block + outer, 0.0
+    activations = stored + recompute
+
+    # Temporaries.
+    sbv = float(seq * choice.micro_batch * dims.vocab)
+    head_loss = 3 * 4 * sbv if task in ("mlm", "clm") else 0.0  # log_softmax out, its grad, logits' grad
+    embed_grad = 4.0 * dims.vocab * dims.hidden  # the word embedding's gradient, made by the head/embedding
+    if choice.strategy == "ddp":
+        # Lightning's DDP copies gradients into flat buckets (gradient_as_bucket_view=False)
+        buckets = 4 * n_params if choice.world_size > 1 else 0.0
+        full_grad_unit = 0.0
+    else:
+        buckets = 0.0
+        full_grad_unit = 4 * max(block_params, outer_params)  # a unit's unsharded grads before reduce-scatter
+    if choice.optimizer_8bit or not hardware.is_gpu:
+        step_temp = 2 * 4 * largest  # per-tensor update (the CPU and bitsandbytes loop over tensors)
+    else:
+        step_temp = 4 * n_params / (group if choice.strategy != "ddp" else 1)  # foreach AdamW's sqrt buffer
+    if choice.offload:
+        step_temp = 0.0  # the optimizer runs on the host
+
+    lm = task in ("mlm", "clm")
+    head_grad = embed_grad if lm else 0.0
+    # Backward frees each node's saved tensors once it ran: first the loss (log-softmax output, its gradient,
+    # the logits' gradient), then the head matmul (the logits' gradient and the tied embedding's gradient),
+    # then, with checkpointing, the last block recomputed next to that gradient.
+    bwd_start = full_grad_unit + stored + max(
+        head_loss, (4 * sbv if lm else 0.0) + head_grad, recompute + head_grad
+    )
+    bwd_end = grads + embed_grad / (group if choice.strategy != "ddp" else 1) + full_grad_unit
+    step = grads + step_temp
+    context = hardware.context_gib * GIB if hardware.is_gpu else 0.0
+    tensor_peak = weights + optim + buckets + max(working + bwd_start, working + bwd_end, step)
+    temporary = context + buckets + working + max(head_loss + embed_grad + full_grad_unit, step_temp)
+    peak = context + tensor_peak * (1.05 if hardware.is_gpu else 1.0)  # caching-allocator fragmentation
+    return MemoryEstimate(weights, grads, optim, activations, temporary, peak, host, tensor_peak)
+
+
+def accelerate_estimate(dims: ModelDims, task: Task, num_labels: int = 2) -> float:
+    """What ``accelerate estimate-memory`` reports for fp32 AdamW training: weights + grads + Adam, 16 B/param.
+
+    It counts no activations and no buffers; it is shown next to our estimate for comparison.
+    """
+    return 16.0 * sum(t.numel for t in parameter_tensors(dims, task, num_labels))

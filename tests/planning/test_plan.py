@@ -1,0 +1,122 @@
+"""Candidates, the recommendation and its reasons, presets, and every bad-input error of the planner API."""
+
+from __future__ import annotations
+
+import pytest
+
+from lit_llm.planning import (
+    HARDWARE_PRESETS,
+    MODEL_PRESETS,
+    HardwareSpec,
+    NothingFitsError,
+    PlanRequest,
+    evaluate_candidates,
+    make_plan,
+    resolve_hardware,
+    resolve_model,
+)
+from lit_llm.planning.presets import GIB
+
+
+def _req(model="bert-base", task="mlm", seq=128, batch=32, hw: str | HardwareSpec = "A100-80GB", **kw) -> PlanRequest:
+    hardware = resolve_hardware(hw) if isinstance(hw, str) else hw
+    return PlanRequest(resolve_model(model), task, seq, batch, hardware, **kw)
+
+
+def test_presets_cover_the_issue():
+    assert {"bert-base", "bert-large", "roberta-large", "gpt2", "gpt2-xl", "llama-7b"} <= set(MODEL_PRESETS)
+    assert {"cpu", "T4", "A10", "A100-40GB", "A100-80GB", "H100", "H200"} <= set(HARDWARE_PRESETS)
+    assert resolve_hardware("a100-80gb").name == "A100-80GB"  # case-insensitive
+    assert resolve_hardware("H100", memory_gib=40.0).memory_gib == 40.0
+
+
+def test_hf_config_directory_is_read(tiny_bert_dir):
+    dims = resolve_model(str(tiny_bert_dir))
+    assert (dims.arch, dims.num_layers, dims.hidden, dims.heads, dims.ffn) == ("bert", 2, 32, 2, 37)
+
+
+def test_small_model_on_a_big_gpu_gets_plain_ddp():
+    report = make_plan(_req(devices=4, steps=1000))
+    best = report.best.choice
+    assert (best.strategy, best.checkpointing, best.optimizer_8bit, best.offload) == ("ddp", False, False, False)
+    assert best.precision == "bf16-mixed"  # 16x the fp32 peak on an A100, no loss scaler
+    assert best.micro_batch * best.accumulation * 4 == 32
+    assert report.best.fits and report.best.total_s == pytest.approx(1000 * report.best.time.step_s)
+    assert any(r.startswith("DDP: a full replica fits") for r in report.reasons)
+    # fitting candidates come first, sorted so the recommendation leads
+    assert report.candidates[0] is report.best
+    fits = [c.fits for c in report.candidates]
+    assert fits == sorted(fits, reverse=True)
+
+
+def test_seven_billion_needs_sharding_on_80gb():
+    report = make_plan(_req("llama-7b", "clm", 2048, 256, devices=8, tokens=10**9))
+    assert report.best.choice.strategy.startswith("fsdp")
+    assert any("no DDP plan fits" in r for r in report.reasons)
+    assert report.best.memory.peak <= 79.1 * GIB
+    assert report.request.total_steps == -(-10**9 // (256 * 2048))
+
+
+def test_one_t4_for_gpt2_xl_needs_memory_savers():
+    report = make_plan(_req("gpt2-xl", "clm", 1024, 8, "T4"))
+    c = report.best.choice
+    assert c.offload or c.optimizer_8bit or c.checkpointing
+    assert c.precision == "16-mixed"  # the T4 has no bf16
+    assert all(cand.choice.precision != "bf16-mixed" for cand in report.candidates)
+
+
+def test_cpu_plans_use_ddp_only():
+    cands = evaluate_candidates(_req("bert-base", seq=128, batch=8, hw="cpu", devices=2))
+    assert {c.choice.strategy for c in cands} == {"ddp"}
+    assert {c.choice.precision for c in cands} == {"32-true", "bf16-mixed"}
+
+
+def test_nothing_fits_says_what_would():
+    with pytest.raises(NothingFitsError, match=r"nothing fits: llama-7b .* What would fit: more devices: \d+ per node"):
+        make_plan(_req("llama-7b", "clm", 4096, 8, "A10", allow_offload=False))
+    with pytest.raises(NothingFitsError, match=r"a smaller micro-batch: 1 with accumulation"):
+        make_plan(_req("bert-large", "mlm", 512, 256, "T4", micro_batch=256, strategy="ddp"))
+    with pytest.raises(NothingFitsError, match=r"CPU offload \(drop --no-offload\)"):
+        make_plan(_req("gpt2-xl", "clm", 128, 1, "T4", allow_offload=False))
+
+
+def test_nothing_fits_suggests_a_shorter_sequence():
+    # a CPU whose memory lies between the smallest plan at seq 512 and at seq 1024
+    # (activations dominate with a fixed micro-batch of 16)
+    small = min(c.memory.peak for c in evaluate_candidates(_req("gpt2", "clm", 512, 16, "cpu", micro_batch=16)))
+    large = min(c.memory.peak for c in evaluate_candidates(_req("gpt2", "clm", 1024, 16, "cpu", micro_batch=16)))
+    assert small < large
+    cpu = resolve_hardware("cpu", memory_gib=(small + large) / 2 / GIB)
+    with pytest.raises(NothingFitsError, match=r"a shorter sequence: --seq-len 512 .*more memory"):
+        make_plan(_req("gpt2", "clm", 1024, 16, cpu, micro_batch=16))
+
+
+def test_unknown_presets_list_the_presets():
+    with pytest.raises(ValueError, match=r"unknown model preset 'bert-huge'; presets: bert-base, bert-large"):
+        resolve_model("bert-huge")
+    with pytest.raises(ValueError, match=r"unknown hardware preset 'V100'; presets: cpu, T4, A10, A100-40GB"):
+        resolve_hardware("V100")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(tokens=10**6, steps=10), r"give tokens \(1000000\) or steps \(10\), not both"),
+        (dict(batch=30, devices=4), r"global batch 30 does not divide over 4 devices .* e\.g\. 28 or 32"),
+        (dict(batch=32, devices=2, micro_batch=5), r"micro batch 5 does not divide the per-device batch 16"),
+        (dict(seq=1024), r"seq_len 1024 exceeds bert-base's 512 position embeddings"),
+        (dict(model="gpt2", task="mlm"), r"task 'mlm' needs an encoder, but 'gpt2' is a gpt2 decoder"),
+        (dict(hw="T4", precision="bf16-mixed"), r"precision 'bf16-mixed' is not supported on T4"),
+        (dict(hw="cpu", strategy="fsdp-full"), r"Lightning's FSDPStrategy refuses CPU"),
+        (dict(strategy="fsdp-hybrid"), r"'fsdp-hybrid' .* needs --nodes >= 2"),
+        (dict(steps=0), r"steps=0 must be >= 1"),
+    ],
+)
+def test_contradictory_requests(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _req(**kwargs)
+
+
+def test_all_problems_in_one_message():
+    with pytest.raises(ValueError, match=r"not both: .*; global batch 7 does not divide over 2 devices"):
+        _req(batch=7, devices=2, tokens=10, steps=10)

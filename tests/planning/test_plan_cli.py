@@ -1,0 +1,152 @@
+"""`lit-llm plan` through main([...]): table, JSON, the emitted LightningCLI config, and bad flags."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lit_llm.planning.cli import main
+
+BASE = ["--task", "mlm", "--seq-len", "128", "--global-batch", "32"]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_table_shows_the_recommendation(capsys):
+    code, out, _ = _run(capsys, "--model", "bert-base", *BASE, "--hardware", "A100-40GB", "--devices", "4",
+                        "--steps", "1000", "--top", "5")
+    assert code == 0
+    assert "Recommended: ddp bf16-mixed" in out
+    assert "weights" in out and "activ." in out and "tokens/s" in out
+    assert "fits: peak" in out
+
+
+def test_json_lists_every_candidate(capsys):
+    code, out, _ = _run(capsys, "--model", "gpt2", "--task", "clm", "--seq-len", "1024", "--global-batch", "16",
+                        "--hardware", "T4", "--tokens", "1e6", "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["model"] == "gpt2" and plan["steps"] == -(-10**6 // (16 * 1024))
+    best = plan["recommendation"]
+    assert best["fits"] and best["precision"] == "16-mixed"
+    assert set(best["memory_gib"]) == {
+        "weights", "gradients", "optimizer", "activations", "temporary", "peak", "host", "tensor_peak"
+    }
+    assert len(plan["candidates"]) > 50 and plan["candidates"][0]["label"] == best["label"]
+
+
+def test_explicit_dimensions_and_custom_hardware(capsys):
+    code, out, _ = _run(capsys, "--arch", "gpt2", "--layers", "4", "--hidden", "256", "--heads", "4", "--vocab",
+                        "8000", "--task", "clm", "--seq-len", "256", "--global-batch", "8", "--hardware", "custom",
+                        "--memory-gb", "2", "--peak-tflops", "50", "--json")
+    assert code == 0
+    assert json.loads(out)["model"] == "custom-gpt2-L4-h256"
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--model", "bert-huge", *BASE], "unknown model preset 'bert-huge'; presets: bert-base"),
+        (["--model", "bert-base", *BASE, "--hardware", "V100"], "unknown hardware preset 'V100'; presets: cpu, T4"),
+        (["--model", "bert-base", *BASE, "--tokens", "1e6", "--steps", "10"], "not both"),
+        (["--model", "bert-base", *BASE, "--devices", "3"], "global batch 32 does not divide over 3 devices"),
+        (["--model", "bert-base", "--layers", "2", *BASE], "give --model 'bert-base' or explicit dimensions"),
+        (["--layers", "2", "--hidden", "64", *BASE], "missing: --heads, --vocab"),
+        (["--model", "bert-base", *BASE, "--hardware", "custom", "--memory-gb", "8"], "custom needs --peak-tflops"),
+    ],
+)
+def test_bad_flags_exit_2_with_the_reason(capsys, argv, match):
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    assert match in err
+
+
+def test_nothing_fits_exits_1_with_what_would(capsys):
+    code, _, err = _run(capsys, "--model", "llama-7b", "--task", "clm", "--seq-len", "2048", "--global-batch", "8",
+                        "--hardware", "A10", "--no-offload")
+    assert code == 1
+    assert "nothing fits" in err and "What would fit: more devices" in err
+
+
+def _lightning_parser():
+    from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    parser = LightningArgumentParser()
+    parser.add_argument("--seed_everything", type=bool | int, default=True)
+    parser.add_lightning_class_args(Trainer, "trainer")
+    parser.add_lightning_class_args(LightningModule, "model", subclass_mode=True)
+    parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True)
+    return parser
+
+
+def test_emitted_fsdp_config_parses_as_a_lightning_cli_config(capsys, tmp_path):
+    path = tmp_path / "plan.yaml"
+    code, out, _ = _run(capsys, "--model", "gpt2-xl", "--task", "clm", "--seq-len", "1024", "--global-batch", "64",
+                        "--hardware", "A10", "--devices", "4", "--steps", "500", "--emit-config", str(path))
+    assert code == 0 and f"config written: {path}" in out
+    raw = yaml.safe_load(path.read_text())
+    assert set(raw) == {"seed_everything", "trainer", "model", "data"}
+    assert raw["trainer"]["strategy"]["init_args"]["sharding_strategy"] == "FULL_SHARD"
+    assert raw["model"]["init_args"]["model"] == "openai-community/gpt2-xl"
+    # class paths are imported and init args checked against the signatures, as `lit-llm fit --config` does
+    cfg = _lightning_parser().parse_path(str(path))
+    assert cfg.trainer.max_steps == 500 and cfg.trainer.devices == 4
+    assert cfg.trainer.strategy.init_args.auto_wrap_policy  # the GPT2Block class, imported
+    assert cfg.trainer.callbacks[0].class_path == "lit_llm.callbacks.WarmupSchedule"
+    assert cfg.model.class_path == "lit_llm.modules.causal_lm.CausalLanguageModel"
+    assert cfg.data.init_args.batch_size * cfg.trainer.accumulate_grad_batches * 4 == 64
+
+
+def test_emitted_8bit_config_and_no_overwrite(capsys, tmp_path):
+    from lit_llm.planning import PlanRequest, emit_config, make_plan, resolve_hardware, resolve_model
+
+    # 8-bit AdamW forced by memory: bert-large on a 6 GiB device
+    req = PlanRequest(resolve_model("bert-large"), "classification", 128, 8,
+                      resolve_hardware("T4", memory_gib=6.0), num_labels=3)
+    report = make_plan(req)
+    assert report.best.choice.optimizer_8bit
+    path = emit_config(req, report.best, tmp_path / "cls.yaml", data_path="data/train.csv")
+    cfg = _lightning_parser().parse_path(str(path))
+    assert cfg.model.init_args.optimizer.class_path == "bitsandbytes.optim.AdamW8bit"
+    assert cfg.model.class_path == "lit_llm.modules.SequenceClassifier"
+    assert cfg.model.init_args.num_labels == 3 and cfg.data.init_args.train_file == "data/train.csv"
+    with pytest.raises(FileExistsError, match=r"cls.yaml' already exists; choose a new file name"):
+        emit_config(req, report.best, path)
+    code, _, err = _run(capsys, "--model", "bert-base", *BASE, "--emit-config", str(path))
+    assert code == 2 and "already exists" in err
+
+
+def test_module_entry_point(tiny_bert_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lit_llm.planning.cli", "--model", str(tiny_bert_dir), "--task", "mlm", "--seq-len",
+         "64", "--global-batch", "8", "--hardware", "cpu", "--json"],
+        capture_output=True, text=True, check=False, cwd=Path(__file__).parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads(proc.stdout)["recommendation"]
+    assert best["strategy"] == "ddp" and best["micro_batch"] == 8
+
+
+@pytest.mark.slow
+def test_emitted_cpu_config_trains_with_lit_llm_fit(tiny_bert_dir, sentiment_csvs, tmp_path, monkeypatch, capsys):
+    """End to end: `lit-llm plan --emit-config` then `lit-llm fit --config` on this CPU, 3 optimizer steps."""
+    cli = pytest.importorskip("lit_llm.cli")
+    path = tmp_path / "plan.yaml"
+    code, _, err = _run(capsys, "--model", str(tiny_bert_dir), "--task", "classification", "--seq-len", "32",
+                        "--global-batch", "16", "--micro-batch", "8", "--hardware", "cpu", "--steps", "3",
+                        "--data-path", str(sentiment_csvs["train"]), "--emit-config", str(path))
+    assert code == 0, err
+    assert yaml.safe_load(path.read_text())["trainer"]["accumulate_grad_batches"] == 2
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["fit", "--config", str(path), "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+                     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]) == 0

@@ -1,0 +1,103 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from lit_llm.export import CheckpointError, export_checkpoint, load_checkpoint, main as export_main
+from lit_llm.modules import SequenceClassifier
+from lit_llm.strategies import TransformerFSDP, TransformerFSDP2, find_block_classes
+
+HERE = Path(__file__).parent
+
+
+def test_block_classes_come_from_no_split_modules(tiny_bert_dir, tiny_gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    bert = SequenceClassifier(str(tiny_bert_dir), labels=["a", "b"])
+    assert {c.__name__ for c in find_block_classes(bert)} == {"BertLayer", "BertEmbeddings"}
+    assert {c.__name__ for c in find_block_classes(bert, repeated_only=True)} == {"BertLayer"}
+    gpt2 = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    assert {c.__name__ for c in find_block_classes(gpt2)} == {"GPT2Block"}
+    assert {c.__name__ for c in find_block_classes(bert, ["BertSelfAttention"])} == {"BertSelfAttention"}
+
+
+def test_no_block_classes_is_an_error():
+    with pytest.raises(ValueError, match=r"no HF model declaring _no_split_modules.*pass layer_classes"):
+        find_block_classes(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match=r"layer classes \['Nope'\] match no submodule"):
+        find_block_classes(torch.nn.Sequential(torch.nn.Linear(2, 2)), ["Nope"])
+
+
+def test_fsdp1_on_cpu_suggests_fsdp2(tmp_path, tiny_bert_dir):
+    model = SequenceClassifier(str(tiny_bert_dir), labels=["a", "b"])
+    trainer = Trainer(accelerator="cpu", devices=1, strategy=TransformerFSDP(), max_steps=1, logger=False,
+                      enable_checkpointing=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"TransformerFSDP runs on CUDA GPUs.*use\s+lit_llm.strategies.TransformerFSDP2"):
+        trainer.fit(model, train_dataloaders=[])
+
+
+@pytest.mark.slow
+def test_fsdp2_trains_sharded_on_two_cpu_processes_and_exports(tmp_path, tiny_tokenizer_dir, tiny_tokenizer,
+                                                               sentiment_csvs):
+    launcher_keys = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "fsdp2_script.py"), str(tmp_path), str(tiny_tokenizer_dir),
+         str(sentiment_csvs["train"]), str(len(tiny_tokenizer))],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["world_size"] == 2 and r["is_dtensor"] and r["global_step"] == 3
+        assert r["local_rows"] == 16  # the 32x32 query weight split in two shards of 16 rows
+    ckpt = tmp_path / "sharded.ckpt"
+    assert ckpt.is_dir() and (ckpt / ".metadata").is_file()  # one shard per rank, not a gathered file
+
+    out = export_checkpoint(ckpt, tmp_path / "export")
+    from transformers import AutoModelForSequenceClassification
+
+    exported = AutoModelForSequenceClassification.from_pretrained(out)
+    assert exported.config.id2label == {0: "fresh", 1: "rotten"}
+    full = torch.load(tmp_path / "full_state.pt", weights_only=True)
+    for name, tensor in exported.state_dict().items():
+        assert torch.equal(tensor, full[name]), name
+
+
+def test_export_plain_checkpoint_and_errors(tmp_path, tiny_bert_dir, sentiment_csvs, capsys):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_llm.datamodules import TextClassificationDataModule
+
+    model = SequenceClassifier(str(tiny_bert_dir), export=False)
+    data = TextClassificationDataModule(str(tiny_bert_dir), train_file=str(sentiment_csvs["train"]),
+                                        validation_file=str(sentiment_csvs["val"]), batch_size=16)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    Trainer(accelerator="cpu", max_steps=2, logger=False, callbacks=[ckpt_cb], enable_progress_bar=False,
+            default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=1).fit(model, datamodule=data)
+    assert export_main([ckpt_cb.last_model_path, str(tmp_path / "hf")]) == 0
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")
+    assert clf("good movie")[0]["label"] in ("fresh", "rotten")
+    # Never over an earlier export.
+    assert export_main([ckpt_cb.last_model_path, str(tmp_path / "hf")]) == 2
+    assert "already holds files" in capsys.readouterr().err
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(Path(ckpt_cb.last_model_path).read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"truncated\.ckpt is not a readable checkpoint.*truncated"):
+        load_checkpoint(truncated)
+    not_ckpt = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, not_ckpt)
+    with pytest.raises(CheckpointError, match=r"weights\.pt is not a Lightning checkpoint: no 'state_dict'"):
+        load_checkpoint(not_ckpt)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    assert TransformerFSDP2().layer_classes is None  # constructible without a process group

@@ -81,8 +81,18 @@ def test_export_plain_checkpoint_and_errors(tmp_path, tiny_bert_dir, sentiment_c
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     Trainer(accelerator="cpu", max_steps=2, logger=False, callbacks=[ckpt_cb], enable_progress_bar=False,
             default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=1).fit(model, datamodule=data)
-    assert export_main([ckpt_cb.last_model_path, str(tmp_path / "hf")]) == 0
-    from transformers import pipeline
+    assert export_main([ckpt_cb.last_model_path, str(tmp_path / "hf"), "--onnx"]) == 0
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    import onnxruntime
+
+    enc = AutoTokenizer.from_pretrained(tmp_path / "hf")(["good movie", "the film was really bad"], padding=True,
+                                                          return_tensors="pt")
+    reference = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()(**enc).logits
+    session = onnxruntime.InferenceSession(str(tmp_path / "hf" / "model.onnx"))
+    (onnx_logits,) = session.run(None, {"input_ids": enc["input_ids"].numpy(),
+                                         "attention_mask": enc["attention_mask"].numpy()})
+    assert torch.allclose(torch.from_numpy(onnx_logits), reference.detach(), atol=1e-4)
 
     clf = pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")
     assert clf("good movie")[0]["label"] in ("fresh", "rotten")

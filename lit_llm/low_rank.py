@@ -101,7 +101,9 @@ def factorize_model(
         factorize_model(model, energy=0.9)
     """
     if (rank is None) == (energy is None):
-        raise ValueError(f"low-rank factorization: give exactly one of rank= or energy= (got rank={rank!r}, energy={energy!r}).")
+        raise ValueError(
+            f"low-rank factorization: give exactly one of rank= or energy= (got rank={rank!r}, energy={energy!r})."
+        )
     if rank is not None and rank < 1:
         raise ValueError(f"low-rank factorization rank={rank!r}: must be >= 1.")
     if energy is not None and not 0.0 < energy <= 1.0:

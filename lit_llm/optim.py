@@ -103,7 +103,7 @@ def layerwise_param_groups(
     model: nn.Module,
     lr: float,
     decay: float,
-    weight_decay: float | None = 0.0,
+    weight_decay: float | None = None,
 ) -> list[dict[str, Any]]:
     """Layer-wise learning-rate decay (ELECTRA, Clark et al. 2020; BEiT): lower layers learn more slowly.
 

@@ -219,7 +219,9 @@ def _local_mask(param: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if hasattr(param, "to_local") and mask.shape != param.to_local().shape:
         from torch.distributed.tensor import distribute_tensor
 
-        return distribute_tensor(mask.to(param.device), param.device_mesh, param.placements).to_local()
+        # uint8 because not every backend (gloo) scatters bool tensors; every rank holds the same full mask.
+        full = mask.to(device=param.device, dtype=torch.uint8)
+        return distribute_tensor(full, param.device_mesh, param.placements).to_local().bool()
     return mask
 
 
@@ -276,7 +278,7 @@ def find_structured_units(model: nn.Module) -> list[StructuredUnit]:
         needed = [f"{block}.attention.output.dense", f"{block}.intermediate.dense", f"{block}.output.dense"]
         if not all(n in modules for n in needed):
             continue
-        head_size = int(getattr(module, "attention_head_size"))
+        head_size = int(module.attention_head_size)
         units.append(
             StructuredUnit(
                 block=block,

@@ -37,6 +37,8 @@ def lr_multiplier(
         >>> lr_multiplier(10, warmup_steps=4, total_steps=10, min_lr_ratio=0.1)
         0.1
     """
+    if decay not in DECAYS:
+        raise ValueError(f"decay={decay!r}: choose one of {', '.join(DECAYS)}.")
     if step < warmup_steps:
         return (step + 1) / (warmup_steps + 1)
     if decay == "constant":
@@ -62,6 +64,11 @@ def resolve_warmup_steps(warmup: int | float, total_steps: int) -> int:
     """
     if warmup < 0:
         raise ValueError(f"warmup={warmup!r}: must be >= 0 (a number of optimizer steps, or a fraction in [0, 1)).")
+    if isinstance(warmup, float) and warmup >= 1.0 and not warmup.is_integer():
+        raise ValueError(
+            f"warmup={warmup!r}: a float is a fraction of the run and must be below 1 (e.g. 0.06); "
+            "a number of optimizer steps must be a whole number."
+        )
     steps = int(round(warmup * total_steps)) if isinstance(warmup, float) and warmup < 1.0 else int(warmup)
     if total_steps > 0 and steps >= total_steps:
         raise ValueError(

@@ -283,10 +283,10 @@ def goals(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
     best_int8 = max((by["int8 (torch)"], by["int8 (bitsandbytes)"]), key=speed)
     out.append(("int8 >= 2x faster at batch 32, <= 0.5 pt lost",
                 speed(best_int8) >= 2 and drop(best_int8) <= 0.5,
-                f"{best_int8['variant']}: {speed(best_int8):.2f}x, {drop(best_int8):+.1f} pt lost"))
+                f"{best_int8['variant']}: {speed(best_int8):.2f}x, accuracy {-drop(best_int8):+.1f} pt"))
     for amount, limit in (("50%", 1.0), ("80%", 3.0)):
         r = by[f"unstructured pruning {amount}"]
-        out.append((f"{amount} sparsity loses <= {limit:g} pt", drop(r) <= limit, f"{drop(r):+.1f} pt lost"))
+        out.append((f"{amount} sparsity loses <= {limit:g} pt", drop(r) <= limit, f"accuracy {-drop(r):+.1f} pt"))
     r = by["distilled 3-layer student"]
     kept = r["accuracy"] / base["accuracy"]
     out.append(("3-layer student keeps >= 97% and >= 1.8x faster", kept >= 0.97 and speed(r) >= 1.8,

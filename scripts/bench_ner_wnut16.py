@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(match.group(1))
     report = json.loads((run_dir / "ner_report.json").read_text())
     steps = re.findall(r"best checkpoint:\s+(\S+)", log)
-    stopped = re.findall(r"`Trainer.fit` stopped: (.*)", log)
+    stopped = [s.rstrip(".") for s in re.findall(r"`Trainer.fit` stopped: (.*)", log)]
     load = os.getloadavg()[2]
 
     result = {

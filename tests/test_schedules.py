@@ -57,10 +57,15 @@ def test_unknown_decay_after_warmup_raises_with_the_value():
         lr_multiplier(5, warmup_steps=2, total_steps=10, decay="step")  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="lr_multiplier only checks `decay` after the warmup (see report)")
 def test_unknown_decay_during_warmup_raises():
     with pytest.raises(ValueError, match="decay='step'"):
         lr_multiplier(0, warmup_steps=2, total_steps=10, decay="step")  # type: ignore[arg-type]
+
+
+def test_fractional_step_count_is_rejected():
+    with pytest.raises(ValueError, match=r"warmup=2\.5: a float is a fraction of the run"):
+        resolve_warmup_steps(2.5, 100)
+    assert resolve_warmup_steps(3.0, 100) == 3
 
 
 @pytest.mark.parametrize(("warmup", "total", "steps"), [(0, 10, 0), (3, 10, 3), (0.1, 100, 10), (0.06, 50, 3)])

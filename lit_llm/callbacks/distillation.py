@@ -225,7 +225,8 @@ class DistillationTeacher(Callback):
         if getattr(s_cfg, "vocab_size", None) != getattr(t_cfg, "vocab_size", None):
             raise ValueError(
                 f"DistillationTeacher: teacher {self.teacher_spec!r} has vocab_size {t_cfg.vocab_size}, the student "
-                f"{s_cfg.vocab_size}; distillation needs the same tokenizer. Use a teacher with the student's vocabulary."
+                f"{s_cfg.vocab_size}; distillation needs the same tokenizer. Use a teacher with the student's "
+                "vocabulary."
             )
         if "ForSequenceClassification" in type(student).__name__ or "ForTokenClassification" in type(student).__name__:
             s_labels, t_labels = dict(s_cfg.id2label), dict(t_cfg.id2label)
@@ -269,7 +270,9 @@ class DistillationTeacher(Callback):
         return hook
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         assert self.teacher is not None
         inputs = {k: v for k, v in batch.items() if k in _INPUT_KEYS}
         with torch.no_grad(), trainer.precision_plugin.forward_context():
@@ -282,7 +285,8 @@ class DistillationTeacher(Callback):
         mask = batch.get("attention_mask") if outputs.logits.dim() == 3 else None
         kd = kd_loss(outputs.logits, self._teacher_out.logits, self.temperature, mask)
         total = self.alpha * kd + (1.0 - self.alpha) * loss
-        log = getattr(module, "log", None)
+        # Log only inside a trainer's training_step (a bare call, e.g. from a notebook, has nothing to log to).
+        log = getattr(module, "log", None) if getattr(module, "_trainer", None) is not None else None
         if self.hidden_layers:
             hidden = sum(
                 hidden_state_loss(

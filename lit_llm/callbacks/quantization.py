@@ -130,12 +130,14 @@ class Int8Quantization(Callback):
             self.qat_step = int(self.qat_start)
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.qat_step is None or trainer.global_step < self.qat_step:
             return
         if not any(isinstance(m, FakeQuantLinear) for m in pl_module.modules()):
             n = add_fake_quant(pl_module, self.skip)
-            rank_zero_info(f"Int8Quantization: quantization-aware fine-tuning from step {trainer.global_step} ({n} layers).")
+            rank_zero_info(f"Int8Quantization: fake-quant fine-tuning from step {trainer.global_step} ({n} layers).")
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -119,5 +119,7 @@ class WarmupSchedule(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # The schedule is recomputed from the trainer at fit start; the saved values are kept for inspection.
-        self._loaded = dict(state_dict)
+        # The schedule is a function of trainer.global_step, recomputed at fit start; a different run length
+        # after a resume (a changed max_steps) is legitimate, so the saved values are only restored as a default.
+        self.warmup_steps = int(state_dict.get("warmup_steps", self.warmup_steps))
+        self.total_steps = int(state_dict.get("total_steps", self.total_steps))

@@ -25,6 +25,7 @@ from torchmetrics.classification import (
 )
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
+from lit_llm.distillation import apply_training_objectives
 from lit_llm.hf import ModelSpec, check_export_dir, export_pretrained, load_model, load_tokenizer
 from lit_llm.optim import build_optimizer
 from lit_llm.reports import (
@@ -257,7 +258,8 @@ class SequenceClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         outputs = self(**self._inputs(batch))
-        loss = outputs.loss
+        # Distillation and other attached objectives (no-op unless a callback attached one).
+        loss = apply_training_objectives(self, batch, outputs, outputs.loss)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 

@@ -132,3 +132,23 @@ def test_works_when_the_module_builds_its_model_in_setup(tmp_path):
     trainer(tmp_path, [cb], max_steps=2).fit(model, loader())
     zeros, total = _zeros(model, cb.final_masks)
     assert zeros == round(0.5 * total)
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_parameters_two_processes(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "pruning_fsdp2_script.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["is_dtensor"] and r["local_rows"] == 16  # the 32-row output projection, one half per rank
+        assert r["zeros"] == round(0.5 * r["total"])  # exact over the whole (gathered) weights
+        assert r["logged"] == pytest.approx(r["zeros"] / r["total"])  # logged sparsity summed over shards

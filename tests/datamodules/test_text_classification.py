@@ -180,3 +180,18 @@ def test_bad_arguments(tiny_tokenizer_dir):
         TextClassificationDataModule(str(tiny_tokenizer_dir))
     with pytest.raises(ValueError, match=r"val_fraction=1\.5"):
         TextClassificationDataModule(str(tiny_tokenizer_dir), train_file="x.csv", val_fraction=1.5)
+
+
+def test_hf_dataset_by_name_from_a_local_directory(tiny_tokenizer_dir, tmp_path):
+    # The real load_dataset path, pointed at a local dataset directory (no hub access here).
+    root = tmp_path / "my_dataset"
+    root.mkdir()
+    pd.DataFrame({"text": ["good movie", "bad film", "great fun"], "label": ["p", "n", "p"]}).to_csv(
+        root / "train.csv", index=False)
+    pd.DataFrame({"text": ["awful plot", "brilliant"], "label": ["n", "p"]}).to_csv(root / "test.csv", index=False)
+    dm = _dm(tiny_tokenizer_dir, dataset_name=str(root), val_fraction=0.34)
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.labels == ["n", "p"]
+    assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 3
+    assert dm.datasets["test"]["labels"] == [0, 1]

@@ -111,3 +111,24 @@ def test_export_plain_checkpoint_and_errors(tmp_path, tiny_bert_dir, sentiment_c
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")
     assert TransformerFSDP2().layer_classes is None  # constructible without a process group
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_checkpoint_resumes_exactly(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
+    train = tmp_path / "train.csv"
+    rows = "".join(f"good movie {i % 5},fresh\nbad film {i % 7},rotten\n" for i in range(12))
+    train.write_text("text,label\n" + rows)  # 24 rows: 3 steps per epoch on each of 2 ranks with batch 4
+    launcher_keys = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "fsdp2_resume_script.py"), str(tmp_path), str(tiny_tokenizer_dir), str(train),
+         str(len(tiny_tokenizer))],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = torch.load(tmp_path / "resume.pt", weights_only=True)
+    assert result["steps"] == 6
+    assert (tmp_path / "epoch1.ckpt" / ".metadata").is_file()  # sharded, one file per rank
+    for name, tensor in result["a"].items():
+        assert torch.equal(tensor, result["b"][name]), name  # bitwise: the resumed run is the straight run

@@ -49,6 +49,12 @@ class Student(pl.LightningModule):
             curve = self.val_losses[self.global_rank]
             self.log("val/loss", curve[min(self.current_epoch, len(curve) - 1)], sync_dist=False)
 
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.log("test/loss", self.model(**batch).loss, sync_dist=True)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(_items(), batch_size=4)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.5)
 
@@ -121,3 +127,33 @@ def test_early_stopping_stops_every_rank_together(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["epoch"] == ranks[1]["epoch"] == 2
     assert ranks[0]["step"] == ranks[1]["step"]
+
+
+class DumpLogits(Callback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ids = torch.stack([item["input_ids"] for item in _items()])
+        with torch.no_grad():
+            logits = pl_module.model(input_ids=ids).logits
+        kinds = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in pl_module.model.bert.encoder.modules()
+                        if type(m).__name__ == "Linear"})
+        (self.out / f"logits{trainer.global_rank}.json").write_text(json.dumps({"logits": logits.tolist(),
+                                                                                "linear_types": kinds}))
+
+
+@pytest.mark.slow
+def test_int8_quantization_on_two_processes_equals_one(tmp_path):
+    from lit_llm.callbacks import Int8Quantization
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    _trainer(devices=1, callbacks=[Int8Quantization(backend="torch", report=False), DumpLogits(one)]).test(
+        Student(micro_batch=4))
+    _trainer(devices=2, strategy="ddp_spawn", callbacks=[Int8Quantization(backend="torch", report=False),
+                                                         DumpLogits(two)]).test(Student(micro_batch=4))
+    single = json.loads((one / "logits0.json").read_text())
+    ranks = [json.loads((two / f"logits{r}.json").read_text()) for r in (0, 1)]
+    assert single["linear_types"] == ["torch.ao.nn.quantized.dynamic.modules.linear.Linear"]  # all int8
+    assert ranks[0] == ranks[1] == single  # each replica quantizes identically, as one process does

@@ -8,12 +8,12 @@ from typing import Any
 
 import datasets
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from lit_llm.datamodules.files import DataFileError, check_texts, load_table, require_columns, row_location
+from lit_llm.datamodules.loaders import split_loader
 from lit_llm.hf import load_tokenizer
 
 __all__ = ["TextClassificationDataModule"]
@@ -315,18 +315,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        if split not in self.datasets:
-            raise RuntimeError(f"no {split} split: call setup() first or give the {split} file")
-        dataset = self.datasets[split].with_format("python")
-        return DataLoader(
-            dataset,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=_PadKeepingText(self.tokenizer),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-        )
+        datasets_ = {k: v.with_format("python") for k, v in self.datasets.items()}
+        return split_loader(datasets_, split, batch_size=batch_size, shuffle=shuffle,
+                            collate_fn=_PadKeepingText(self.tokenizer), num_workers=self.num_workers, seed=self.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)

@@ -14,6 +14,7 @@ from transformers import DataCollatorForTokenClassification, PreTrainedTokenizer
 
 from lit_llm.datamodules.conll import TaggedSentence, check_tags, read_tagged
 from lit_llm.datamodules.files import DataFileError
+from lit_llm.datamodules.loaders import split_loader
 from lit_llm.entities import (
     TagScheme,
     check_scheme,
@@ -335,17 +336,8 @@ class TokenClassificationDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        if split not in self.datasets:
-            raise RuntimeError(f"no {split} split: call setup() first or give the {split} file")
-        return DataLoader(
-            self.datasets[split],  # type: ignore[arg-type]
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=_Collator(self.tokenizer),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-        )
+        return split_loader(self.datasets, split, batch_size=batch_size, shuffle=shuffle,
+                            collate_fn=_Collator(self.tokenizer), num_workers=self.num_workers, seed=self.seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)

@@ -1,0 +1,39 @@
+"""The DataLoader every lit-llm datamodule builds for a prepared split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+__all__ = ["split_loader"]
+
+
+def split_loader(
+    datasets: Mapping[str, Any],
+    split: str,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    collate_fn: Callable[[list[Any]], Any],
+    num_workers: int = 0,
+    seed: int = 0,
+) -> DataLoader:
+    """A loader over ``datasets[split]``, shuffled by a seeded generator so the order is reproducible.
+
+    Raises:
+        RuntimeError: the split was not prepared (``setup`` not called, or no file for it).
+    """
+    if split not in datasets:
+        raise RuntimeError(f"no {split} split: call setup() first or give the {split} file")
+    return DataLoader(
+        datasets[split],
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )

@@ -17,7 +17,10 @@ from typing import Any
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+
+from lit_llm.checkpointing import AtomicCheckpointIO
 
 __all__ = ["LitLLMCLI", "main", "configure_wandb_mode", "next_run_dir"]
 
@@ -137,6 +140,9 @@ class LitLLMCLI(LightningCLI):
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str(self.run_dir / "checkpoints")
+        strategy = trainer.strategy
+        if type(getattr(strategy, "_checkpoint_io", None) or strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()  # a kill during a save never truncates a checkpoint
         prediction_file = getattr(self, "_prediction_file", None)
         if prediction_file is not None:
             trainer.callbacks.append(JsonlPredictionWriter(str(prediction_file)))  # type: ignore[attr-defined]

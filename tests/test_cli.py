@@ -115,6 +115,9 @@ def test_early_stopping_on_a_plateau(tmp_path, tiny_bert_dir, sentiment_csvs, mo
     assert cli.trainer.should_stop
     assert cli.trainer.current_epoch == 2  # epoch 0 sets the best, epochs 1 is no better -> stop
     assert cli.run_dir == tmp_path / "runs" / "tiny" / "version_0"
+    from lit_llm.checkpointing import AtomicCheckpointIO
+
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # checkpoints written atomically
 
 
 def test_predict_writes_jsonl(tmp_path, tiny_bert_dir, sentiment_csvs, monkeypatch):

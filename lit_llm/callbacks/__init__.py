@@ -1,6 +1,7 @@
 """Drop-in Lightning callbacks: each works on any LightningModule."""
 
 from lit_llm.callbacks.distillation import DistillationTeacher
+from lit_llm.callbacks.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
 from lit_llm.callbacks.global_batch import GlobalBatchSize
 from lit_llm.callbacks.low_rank import LowRankFactorization
 from lit_llm.callbacks.pruning import Pruning
@@ -10,6 +11,8 @@ from lit_llm.callbacks.warmup import WarmupSchedule
 
 __all__ = [
     "DistillationTeacher",
+    "NonFiniteLossError",
+    "StopOnNonFiniteLoss",
     "Int8Quantization",
     "LowRankFactorization",
     "Pruning",

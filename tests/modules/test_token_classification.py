@@ -243,7 +243,10 @@ def _teacher_dir(tmp_path: Path, tiny_tokenizer) -> str:
 def _callbacks() -> list[str]:
     import lit_llm.callbacks
 
-    return sorted(lit_llm.callbacks.__all__)
+    from lightning.pytorch.callbacks import Callback
+
+    return sorted(n for n in lit_llm.callbacks.__all__
+                  if isinstance(getattr(lit_llm.callbacks, n), type) and issubclass(getattr(lit_llm.callbacks, n), Callback))
 
 
 CALLBACK_ARGS = {
@@ -254,6 +257,7 @@ CALLBACK_ARGS = {
     "LowRankFactorization": {"rank": 4, "report": False},
     "TransformerThroughputMonitor": {"window_size": 2},
     "DistillationTeacher": {},
+    "StopOnNonFiniteLoss": {},
 }
 
 

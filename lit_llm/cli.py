@@ -70,7 +70,9 @@ class JsonlPredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.output_file = output_file
 
-    def write_on_epoch_end(self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any) -> None:
+    def write_on_epoch_end(
+        self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
         import json
 
         path = Path(self.output_file)
@@ -178,7 +180,10 @@ class LitLLMCLI(LightningCLI):
         best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
         if best:
             score = getattr(checkpoint, "best_model_score", None)
-            lines.append(f"best checkpoint:  {best}" + (f" ({checkpoint.monitor}={float(score):.4f})" if score is not None else ""))
+            lines.append(
+                f"best checkpoint:  {best}"
+                + (f" ({checkpoint.monitor}={float(score):.4f})" if score is not None else "")
+            )
         last = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
         if last:
             lines.append(f"last checkpoint:  {last}")
@@ -197,7 +202,9 @@ class LitLLMCLI(LightningCLI):
             if type(logger).__name__ == "WandbLogger":
                 run = getattr(logger, "_experiment", None)
                 if run is not None and getattr(run, "dir", None):
-                    lines.append(f"W&B run:          {Path(run.dir).parent} (mode {os.environ.get('WANDB_MODE', 'online')})")
+                    lines.append(
+                        f"W&B run:          {Path(run.dir).parent} (mode {os.environ.get('WANDB_MODE', 'online')})"
+                    )
         print("\n" + "\n".join(lines), flush=True)
 
     def _finish_loggers(self) -> None:

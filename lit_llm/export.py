@@ -58,7 +58,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise CheckpointError(
                 f"{path} is not a readable checkpoint ({first}). It may be truncated (a kill during save) or not a "
-                "PyTorch file; use an earlier checkpoint. lit-llm loads with weights_only=True and never unpickles code."
+                "PyTorch file; use an earlier checkpoint. lit-llm loads with weights_only=True "
+                "and never unpickles code."
             ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
@@ -150,8 +151,13 @@ def export_onnx(model: torch.nn.Module, path: Path, seq_len: int = 16) -> Path:
 
     axes = {0: "batch", 1: "sequence"}
     torch.onnx.export(
-        _Logits(model), (ids, mask), str(path), input_names=["input_ids", "attention_mask"], output_names=["logits"],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes}, dynamo=False,
+        _Logits(model),
+        (ids, mask),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
+        dynamo=False,
     )
     return path
 

@@ -90,9 +90,7 @@ def check_export_dir(path: str | Path) -> Path:
     return path
 
 
-def export_pretrained(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path
-) -> Path:
+def export_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path) -> Path:
     """``save_pretrained`` the model (safetensors) and tokenizer into ``out_dir``, which must be new or empty."""
     out = check_export_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "no_decay_param_groups", "layerwise_param_groups", "layer_id", "num_layers", "is_no_decay"]
+__all__ = [
+    "build_optimizer",
+    "no_decay_param_groups",
+    "layerwise_param_groups",
+    "layer_id",
+    "num_layers",
+    "is_no_decay",
+]
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.Embedding)
 # Embeddings are excluded from weight decay as in BERT's and GPT-2's reference recipes.

@@ -29,16 +29,28 @@ def _rows(labels: Sequence[str], tp: torch.Tensor, fp: torch.Tensor, fn: torch.T
     p, r, f = _prf(tp, fp, fn)
     report: dict[str, Any] = {}
     for i, name in enumerate(labels):
-        report[name] = {"precision": p[i].item(), "recall": r[i].item(), "f1-score": f[i].item(),
-                        "support": int(support[i].item())}
+        report[name] = {
+            "precision": p[i].item(),
+            "recall": r[i].item(),
+            "f1-score": f[i].item(),
+            "support": int(support[i].item()),
+        }
     total = support.sum()
     weights = support / total.clamp(min=1)
     mp, mr, mf = _prf(tp.sum(), fp.sum(), fn.sum())
     report["micro avg"] = {"precision": mp.item(), "recall": mr.item(), "f1-score": mf.item(), "support": int(total)}
-    report["macro avg"] = {"precision": p.mean().item(), "recall": r.mean().item(), "f1-score": f.mean().item(),
-                           "support": int(total)}
-    report["weighted avg"] = {"precision": (p * weights).sum().item(), "recall": (r * weights).sum().item(),
-                              "f1-score": (f * weights).sum().item(), "support": int(total)}
+    report["macro avg"] = {
+        "precision": p.mean().item(),
+        "recall": r.mean().item(),
+        "f1-score": f.mean().item(),
+        "support": int(total),
+    }
+    report["weighted avg"] = {
+        "precision": (p * weights).sum().item(),
+        "recall": (r * weights).sum().item(),
+        "f1-score": (f * weights).sum().item(),
+        "support": int(total),
+    }
     return report
 
 
@@ -126,8 +138,9 @@ def plot_confusion_matrix(confusion: torch.Tensor, labels: Sequence[str], path: 
     threshold = cm.max() / 2 if cm.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
-                    color="white" if cm[i, j] > threshold else "black")
+            ax.text(
+                j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if cm[i, j] > threshold else "black"
+            )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

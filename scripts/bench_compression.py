@@ -152,7 +152,7 @@ def timings(models: dict[str, torch.nn.Module], timing_batch: dict[str, Any], ro
     """
     inputs = {bs: example_inputs(timing_batch, bs) for bs in (1, 32)}
     best: dict[str, dict[str, float]] = {n: {} for n in models}
-    for name, model in models.items():  # warm-up
+    for model in models.values():  # warm-up
         model.eval()
         for x in inputs.values():
             model(**x)

@@ -34,8 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-WORDS = ("the of and to in a is was for on as with by he she it at from his her an are were be this that which "
-         "or had first one new their also after two been time its who years city film war world state music").split()
+WORDS = (
+    "the of and to in a is was for on as with by he she it at from his her an are were be this that which "
+    "or had first one new their also after two been time its who years city film war world state music"
+).split()
 
 
 def make_tokenizer(out: Path, vocab_size: int) -> Path:
@@ -89,10 +91,24 @@ class _StepTimer:
 
 def bert_config(dry_run: bool, vocab_size: int) -> dict[str, Any]:
     if dry_run:
-        return dict(model_type="bert", vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, intermediate_size=128, max_position_embeddings=512)
-    return dict(model_type="bert", vocab_size=vocab_size, hidden_size=768, num_hidden_layers=12,
-                num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)
+        return dict(
+            model_type="bert",
+            vocab_size=vocab_size,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
+        )
+    return dict(
+        model_type="bert",
+        vocab_size=vocab_size,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    )
 
 
 def peak_flops(device: torch.device, dry_run: bool) -> float | None:
@@ -110,15 +126,29 @@ def mlm_throughput(tok: Path, device: torch.device, seq_len: int, batch: int, dr
     from lit_llm.modules import MaskedLanguageModel
 
     vocab = 30522 if not dry_run else 256
-    model = MaskedLanguageModel(bert_config(dry_run, vocab), tokenizer=str(tok), export=False,
-                                sparse_prediction=False, exact_token_loss=False,
-                                optimizer=functools.partial(torch.optim.AdamW, lr=1e-4, fused=device.type == "cuda"))
+    model = MaskedLanguageModel(
+        bert_config(dry_run, vocab),
+        tokenizer=str(tok),
+        export=False,
+        sparse_prediction=False,
+        exact_token_loss=False,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-4, fused=device.type == "cuda"),
+    )
     warmup, steps = (1, 2) if dry_run else (10, 40)
     data = torch.utils.data.DataLoader(_RandomTokens(batch * (warmup + steps + 1), seq_len, vocab), batch_size=batch)
     timer = _StepTimer(warmup)
-    trainer = Trainer(accelerator=device.type, devices=1, precision="bf16-mixed", max_steps=warmup + steps,
-                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, callbacks=[timer.callback], limit_val_batches=0)
+    trainer = Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=warmup + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer.callback],
+        limit_val_batches=0,
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(model, train_dataloaders=data)
@@ -126,7 +156,10 @@ def mlm_throughput(tok: Path, device: torch.device, seq_len: int, batch: int, dr
     flops = flops_per_batch(model.model, batch, seq_len) * timer.steps
     peak = peak_flops(device, dry_run)
     result = {
-        "seq_len": seq_len, "batch": batch, "steps_timed": timer.steps, "seconds": elapsed,
+        "seq_len": seq_len,
+        "batch": batch,
+        "steps_timed": timer.steps,
+        "seconds": elapsed,
         "tokens_per_s": batch * seq_len * timer.steps / elapsed if elapsed > 0 else None,
         "achieved_tflops": flops / elapsed / 1e12 if elapsed > 0 else None,
         "peak_tflops_bf16": peak / 1e12 if peak else None,
@@ -156,13 +189,27 @@ def fsdp_smoke(tok: Path, device: torch.device, dry_run: bool) -> dict[str, Any]
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any) -> None:
             losses.append(float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs))
 
-    trainer = Trainer(accelerator="cuda", devices=1, strategy=TransformerFSDP(activation_checkpointing=True),
-                      precision="bf16-mixed", max_steps=4, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[_Loss()], limit_val_batches=0)
+    trainer = Trainer(
+        accelerator="cuda",
+        devices=1,
+        strategy=TransformerFSDP(activation_checkpointing=True),
+        precision="bf16-mixed",
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[_Loss()],
+        limit_val_batches=0,
+    )
     trainer.fit(model, train_dataloaders=data)
     wrapped = sum(type(m).__name__ == "FullyShardedDataParallel" for m in trainer.strategy.model.modules())
-    return {"steps": trainer.global_step, "losses": losses, "finite": all(map(lambda x: x == x, losses)),
-            "fsdp_units": wrapped}
+    return {
+        "steps": trainer.global_step,
+        "losses": losses,
+        "finite": all(map(lambda x: x == x, losses)),
+        "fsdp_units": wrapped,
+    }
 
 
 def int8_check(device: torch.device, dry_run: bool) -> dict[str, Any]:
@@ -190,9 +237,13 @@ def int8_check(device: torch.device, dry_run: bool) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         latency = (time.perf_counter() - start) / 5
-    return {"backend": "bitsandbytes", "device": device.type, "linears_replaced": replaced,
-            "max_abs_logit_diff_vs_reference": float((out - ref).abs().max()),
-            "latency_batch32_s": latency}
+    return {
+        "backend": "bitsandbytes",
+        "device": device.type,
+        "linears_replaced": replaced,
+        "max_abs_logit_diff_vs_reference": float((out - ref).abs().max()),
+        "latency_batch32_s": latency,
+    }
 
 
 def optimizer_memory(device: torch.device, dry_run: bool) -> dict[str, Any]:
@@ -208,10 +259,13 @@ def optimizer_memory(device: torch.device, dry_run: bool) -> dict[str, Any]:
         opt = factory(model.parameters(), lr=1e-4)
         model(input_ids=torch.randint(50, config.vocab_size, (2, 16), device=device)).logits.float().mean().backward()
         opt.step()
-        state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                          if torch.is_tensor(t))
-        out[name] = {"state_bytes": state_bytes,
-                     "bytes_per_param": state_bytes / sum(p.numel() for p in model.parameters())}
+        state_bytes = sum(
+            t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t)
+        )
+        out[name] = {
+            "state_bytes": state_bytes,
+            "bytes_per_param": state_bytes / sum(p.numel() for p in model.parameters()),
+        }
         del model, opt
     out["reduction"] = 1 - out["AdamW8bit"]["state_bytes"] / out["AdamW"]["state_bytes"]
     return out
@@ -229,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     result: dict[str, Any] = {
         "command": "bash scripts/gpu_check.sh" + (" --dry-run" if args.dry_run else ""),
-        "dry_run": args.dry_run, "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
+        "dry_run": args.dry_run,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
         "torch": torch.__version__,
     }
     started = time.perf_counter()
@@ -256,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# GPU check ({result['device']})", "", f"Command: `{result['command']}`", ""]
     for row in result.get("mlm_bf16", []) if isinstance(result.get("mlm_bf16"), list) else []:
         mfu = f"{row['mfu']:.1%}" if row.get("mfu") else "n/a (no GPU peak)"
-        lines.append(f"- MLM bf16 seq {row['seq_len']} batch {row['batch']}: {row['tokens_per_s']:.0f} tokens/s, MFU {mfu}")
+        lines.append(
+            f"- MLM bf16 seq {row['seq_len']} batch {row['batch']}: {row['tokens_per_s']:.0f} tokens/s, MFU {mfu}"
+        )
     for key in ("fsdp_smoke", "int8_bitsandbytes", "optimizer_memory"):
         lines.append(f"- {key}: `{json.dumps(result[key])[:300]}`")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -76,9 +76,16 @@ class _Diverging(pl.LightningModule):
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[StopOnNonFiniteLoss(), ckpt],
-                         plugins=[AtomicCheckpointIO()], default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=10,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[StopOnNonFiniteLoss(), ckpt],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=tmp_path,
+    )
     module = _Diverging()
     with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at optimizer step 3 "):
         trainer.fit(module)

@@ -17,26 +17,47 @@ REPO = Path(__file__).resolve().parents[1]
 def _config(tmp_path, tiny_bert_dir, csvs, *, wandb=False, lr=3e-3, extra_callbacks=(), max_epochs=3):
     callbacks = [
         {"class_path": "lit_llm.callbacks.WarmupSchedule", "init_args": {"warmup": 2}},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"monitor": "val/accuracy", "mode": "max", "save_top_k": 1}},
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"monitor": "val/accuracy", "mode": "max", "save_top_k": 1},
+        },
         *extra_callbacks,
     ]
-    trainer = {"accelerator": "cpu", "devices": 1, "max_epochs": max_epochs, "log_every_n_steps": 1,
-               "enable_progress_bar": False, "enable_model_summary": False, "callbacks": callbacks,
-               "logger": False}
+    trainer = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": max_epochs,
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "callbacks": callbacks,
+        "logger": False,
+    }
     if wandb:
-        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.WandbLogger",
-                             "init_args": {"project": "lit-llm-test", "offline": True}}
+        trainer["logger"] = {
+            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "init_args": {"project": "lit-llm-test", "offline": True},
+        }
     cfg = {
         "seed_everything": 0,
         "trainer": trainer,
-        "model": {"class_path": "lit_llm.modules.SequenceClassifier",
-                  "init_args": {"model": str(tiny_bert_dir),
-                                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": lr}}}},
-        "data": {"class_path": "lit_llm.datamodules.TextClassificationDataModule",
-                 "init_args": {"tokenizer": str(tiny_bert_dir), "train_file": str(csvs["train"]),
-                               "validation_file": str(csvs["val"]), "test_file": str(csvs["test"]),
-                               "batch_size": 16}},
+        "model": {
+            "class_path": "lit_llm.modules.SequenceClassifier",
+            "init_args": {
+                "model": str(tiny_bert_dir),
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": lr}},
+            },
+        },
+        "data": {
+            "class_path": "lit_llm.datamodules.TextClassificationDataModule",
+            "init_args": {
+                "tokenizer": str(tiny_bert_dir),
+                "train_file": str(csvs["train"]),
+                "validation_file": str(csvs["val"]),
+                "test_file": str(csvs["test"]),
+                "batch_size": 16,
+            },
+        },
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -50,9 +71,23 @@ def test_fit_and_test_in_a_subprocess_with_wandb(tmp_path, tiny_bert_dir, sentim
     env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")  # no WANDB_MODE, no key: the CLI must go offline itself
     env["HOME"] = str(tmp_path)  # no ~/.netrc with a W&B key
     proc = subprocess.run(
-        [sys.executable, "-m", "lit_llm.cli", "fit", "--config", str(config), "--test_after_fit", "true",
-         "--run_root", str(tmp_path / "runs")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lit_llm.cli",
+            "fit",
+            "--config",
+            str(config),
+            "--test_after_fit",
+            "true",
+            "--run_root",
+            str(tmp_path / "runs"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -75,8 +110,9 @@ def test_fit_and_test_in_a_subprocess_with_wandb(tmp_path, tiny_bert_dir, sentim
     assert run.series("train/loss_step"), run.history[:3]
     assert len(run.series("val/accuracy")) == 3  # one per epoch
     assert 0.0 <= run.summary["test/accuracy"] <= 1.0
-    assert run.summary["test/accuracy"] == pytest.approx(json.loads(
-        (run_dir / "reports" / "classification_report.json").read_text())["accuracy"], abs=1e-6)
+    assert run.summary["test/accuracy"] == pytest.approx(
+        json.loads((run_dir / "reports" / "classification_report.json").read_text())["accuracy"], abs=1e-6
+    )
     assert run.config["cli"]["model"]["init_args"]["model"] == str(tiny_bert_dir)  # the full CLI config
     assert "train/lr" in run.summary
 
@@ -106,12 +142,13 @@ def test_unknown_config_key_is_an_error(tmp_path, tiny_bert_dir, sentiment_csvs,
 
 def test_early_stopping_on_a_plateau(tmp_path, tiny_bert_dir, sentiment_csvs, monkeypatch):
     # lr=0: the validation loss never improves, so EarlyStopping(patience=1) ends the run after 2 epochs of 10.
-    stop = {"class_path": "lightning.pytorch.callbacks.EarlyStopping",
-            "init_args": {"monitor": "val/loss", "mode": "min", "patience": 1}}
+    stop = {
+        "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+        "init_args": {"monitor": "val/loss", "mode": "min", "patience": 1},
+    }
     config = _config(tmp_path, tiny_bert_dir, sentiment_csvs, lr=0.0, extra_callbacks=[stop], max_epochs=10)
     monkeypatch.chdir(tmp_path)
-    cli = LitLLMCLI(args=["fit", "--config", str(config), "--data.init_args.train_file",
-                          str(sentiment_csvs["val"])])
+    cli = LitLLMCLI(args=["fit", "--config", str(config), "--data.init_args.train_file", str(sentiment_csvs["val"])])
     assert cli.trainer.should_stop
     assert cli.trainer.current_epoch == 2  # epoch 0 sets the best, epochs 1 is no better -> stop
     assert cli.run_dir == tmp_path / "runs" / "tiny" / "version_0"
@@ -125,8 +162,17 @@ def test_predict_writes_jsonl(tmp_path, tiny_bert_dir, sentiment_csvs, monkeypat
     config = _config(tmp_path, tiny_bert_dir, sentiment_csvs)
     pred = tmp_path / "pred.csv"
     pred.write_text("text\ngood movie\nbad film\n")
-    cli = LitLLMCLI(args=["predict", "--config", str(config), "--data.init_args.predict_file", str(pred),
-                          "--model.init_args.labels", "[fresh, rotten]"])
+    cli = LitLLMCLI(
+        args=[
+            "predict",
+            "--config",
+            str(config),
+            "--data.init_args.predict_file",
+            str(pred),
+            "--model.init_args.labels",
+            "[fresh, rotten]",
+        ]
+    )
     lines = (cli.run_dir / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["text"] for line in lines] == ["good movie", "bad film"]
     assert all(json.loads(line)["label"] in ("fresh", "rotten") for line in lines)

@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from lit_llm.reports import format_report, plot_confusion_matrix, report_from_confusion, report_from_multilabel, save_report
+from lit_llm.reports import (
+    format_report,
+    plot_confusion_matrix,
+    report_from_confusion,
+    report_from_multilabel,
+    save_report,
+)
 
 
 def test_report_matches_sklearn_multiclass():
@@ -34,7 +40,9 @@ def test_report_matches_sklearn_multilabel():
     tn = ((1 - y_true) & (1 - y_pred)).sum(0)
     stats = torch.tensor(np.stack([tp, fp, tn, fn, tp + fn], 1))
     ours = report_from_multilabel(stats, ["a", "b", "c"])
-    ref = sklearn_metrics.classification_report(y_true, y_pred, target_names=["a", "b", "c"], output_dict=True, zero_division=0)
+    ref = sklearn_metrics.classification_report(
+        y_true, y_pred, target_names=["a", "b", "c"], output_dict=True, zero_division=0
+    )
     for key in ["a", "b", "c", "micro avg", "macro avg", "weighted avg"]:
         for field in ("precision", "recall", "f1-score", "support"):
             assert ours[key][field] == pytest.approx(ref[key][field]), (key, field)

@@ -316,8 +316,15 @@ class TextClassificationDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         datasets_ = {k: v.with_format("python") for k, v in self.datasets.items()}
-        return split_loader(datasets_, split, batch_size=batch_size, shuffle=shuffle,
-                            collate_fn=_PadKeepingText(self.tokenizer), num_workers=self.num_workers, seed=self.seed)
+        return split_loader(
+            datasets_,
+            split,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=_PadKeepingText(self.tokenizer),
+            num_workers=self.num_workers,
+            seed=self.seed,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.batch_size)

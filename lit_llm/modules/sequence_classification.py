@@ -176,31 +176,39 @@ class SequenceClassifier(pl.LightningModule):
         n = len(self.labels or [])
         for stage in ("val", "test"):
             if self.multi_label:
-                metrics = MetricCollection({
-                    "accuracy": MultilabelAccuracy(n, average="micro"),
-                    "f1_macro": MultilabelF1Score(n, average="macro"),
-                    "f1_micro": MultilabelF1Score(n, average="micro"),
-                    "f1_weighted": MultilabelF1Score(n, average="weighted"),
-                })
-                per_class = MetricCollection({
-                    "precision": MultilabelPrecision(n, average=None),
-                    "recall": MultilabelRecall(n, average=None),
-                    "f1": MultilabelF1Score(n, average=None),
-                    "stats": MultilabelStatScores(n, average=None),
-                })
+                metrics = MetricCollection(
+                    {
+                        "accuracy": MultilabelAccuracy(n, average="micro"),
+                        "f1_macro": MultilabelF1Score(n, average="macro"),
+                        "f1_micro": MultilabelF1Score(n, average="micro"),
+                        "f1_weighted": MultilabelF1Score(n, average="weighted"),
+                    }
+                )
+                per_class = MetricCollection(
+                    {
+                        "precision": MultilabelPrecision(n, average=None),
+                        "recall": MultilabelRecall(n, average=None),
+                        "f1": MultilabelF1Score(n, average=None),
+                        "stats": MultilabelStatScores(n, average=None),
+                    }
+                )
             else:
-                metrics = MetricCollection({
-                    "accuracy": MulticlassAccuracy(n, average="micro"),
-                    "f1_macro": MulticlassF1Score(n, average="macro"),
-                    "f1_micro": MulticlassF1Score(n, average="micro"),
-                    "f1_weighted": MulticlassF1Score(n, average="weighted"),
-                })
-                per_class = MetricCollection({
-                    "precision": MulticlassPrecision(n, average=None),
-                    "recall": MulticlassRecall(n, average=None),
-                    "f1": MulticlassF1Score(n, average=None),
-                    "confusion": MulticlassConfusionMatrix(n),
-                })
+                metrics = MetricCollection(
+                    {
+                        "accuracy": MulticlassAccuracy(n, average="micro"),
+                        "f1_macro": MulticlassF1Score(n, average="macro"),
+                        "f1_micro": MulticlassF1Score(n, average="micro"),
+                        "f1_weighted": MulticlassF1Score(n, average="weighted"),
+                    }
+                )
+                per_class = MetricCollection(
+                    {
+                        "precision": MulticlassPrecision(n, average=None),
+                        "recall": MulticlassRecall(n, average=None),
+                        "f1": MulticlassF1Score(n, average=None),
+                        "confusion": MulticlassConfusionMatrix(n),
+                    }
+                )
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_per_class", per_class)
 
@@ -362,7 +370,9 @@ class SequenceClassifier(pl.LightningModule):
             state = torch.load(best, map_location="cpu", weights_only=True)
             self.load_state_dict(state["state_dict"])
             score = getattr(checkpoint, "best_model_score", None)
-            rank_zero_info(f"loaded the best checkpoint {best}" + (f" (score {float(score):.4f})" if score is not None else ""))
+            rank_zero_info(
+                f"loaded the best checkpoint {best}" + (f" (score {float(score):.4f})" if score is not None else "")
+            )
         if self.export and self.trainer.is_global_zero:
             assert self.model is not None
             self.export_path = export_pretrained(self.model, self.tokenizer, self._export_dir())

@@ -186,7 +186,8 @@ class PlanReport:
         req = self.request
         return {
             "model": req.model.name, "task": req.task, "seq_len": req.seq_len, "global_batch": req.global_batch,
-            "hardware": req.hardware.name, "hardware_notes": req.hardware.notes, "devices": req.devices, "nodes": req.nodes, "steps": req.total_steps,
+            "hardware": req.hardware.name, "hardware_notes": req.hardware.notes, "devices": req.devices,
+            "nodes": req.nodes, "steps": req.total_steps,
             "parameters": sum(t.numel for t in _tensors(req.model, req.task, req.num_labels)),
             "recommendation": self.best.as_dict(), "reasons": self.reasons,
             "candidates": [c.as_dict() for c in self.candidates],

@@ -78,7 +78,8 @@ class TransformerFSDP(FSDPStrategy):
         ValueError: at setup, a non-CUDA device (use TransformerFSDP2 on CPU), or no block classes.
 
     Example::
-        Trainer(accelerator="cuda", devices=8, precision="bf16-mixed", strategy=TransformerFSDP(activation_checkpointing=True))
+        strategy = TransformerFSDP(activation_checkpointing=True)
+        Trainer(accelerator="cuda", devices=8, precision="bf16-mixed", strategy=strategy)
     """
 
     def __init__(
@@ -140,7 +141,9 @@ def shard_transformer(
 
         repeated = tuple(find_block_classes(model, [c.__name__ for c in block_classes], repeated_only=True))
         apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, repeated))
-    policy = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype else MixedPrecisionPolicy()
+    )
     kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward, "mp_policy": policy}
     roots = []
     for module in model.modules():
@@ -205,7 +208,9 @@ class TransformerFSDP2(ModelParallelStrategy):
         self.accelerator.setup(trainer)
         blocks = find_block_classes(self.model, self.layer_classes)
         precision = str(trainer.precision)
-        mp_dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+        mp_dtype = (
+            torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+        )
         shard_transformer(
             self.model,
             self.device_mesh["data_parallel"],

@@ -19,15 +19,29 @@ SAMPLES = 16
 
 
 def _config(hidden: int) -> BertConfig:
-    return BertConfig(vocab_size=30, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=hidden, max_position_embeddings=16, num_labels=2, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0)
+    return BertConfig(
+        vocab_size=30,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden,
+        max_position_embeddings=16,
+        num_labels=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
 
 
 def _items() -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
-    return [{"input_ids": torch.randint(0, 30, (6,), generator=g), "attention_mask": torch.ones(6, dtype=torch.long),
-             "labels": torch.tensor(i % 2)} for i in range(SAMPLES)]
+    return [
+        {
+            "input_ids": torch.randint(0, 30, (6,), generator=g),
+            "attention_mask": torch.ones(6, dtype=torch.long),
+            "labels": torch.tensor(i % 2),
+        }
+        for i in range(SAMPLES)
+    ]
 
 
 class Student(pl.LightningModule):
@@ -76,15 +90,28 @@ class Dump(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = {k: v.tolist() for k, v in pl_module.model.state_dict().items()}
-        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps({
-            "state": state, "epoch": trainer.current_epoch, "step": trainer.global_step,
-            "keys": sorted(pl_module.state_dict()),
-        }))
+        (self.out / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps(
+                {
+                    "state": state,
+                    "epoch": trainer.current_epoch,
+                    "step": trainer.global_step,
+                    "keys": sorted(pl_module.state_dict()),
+                }
+            )
+        )
 
 
 def _trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    defaults = dict(
+        accelerator="cpu",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     return pl.Trainer(**{**defaults, **kwargs})
 
 
@@ -100,11 +127,16 @@ def teacher_dir(tmp_path) -> Path:
 def test_distillation_on_two_processes_equals_one(tmp_path, teacher_dir):
     # One process with batch 8 and two with batch 4 each see the same 8 examples per step: same gradients.
     single = Student(micro_batch=8)
-    _trainer(devices=1, callbacks=[DistillationTeacher(str(teacher_dir), temperature=2.0, alpha=0.5)],
-             limit_val_batches=0).fit(single)
-    _trainer(devices=2, strategy="ddp_spawn", limit_val_batches=0, use_distributed_sampler=False,
-             callbacks=[DistillationTeacher(str(teacher_dir), temperature=2.0, alpha=0.5), Dump(tmp_path)]
-             ).fit(Student(micro_batch=4))
+    _trainer(
+        devices=1, callbacks=[DistillationTeacher(str(teacher_dir), temperature=2.0, alpha=0.5)], limit_val_batches=0
+    ).fit(single)
+    _trainer(
+        devices=2,
+        strategy="ddp_spawn",
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        callbacks=[DistillationTeacher(str(teacher_dir), temperature=2.0, alpha=0.5), Dump(tmp_path)],
+    ).fit(Student(micro_batch=4))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["state"] == ranks[1]["state"]  # replicas identical
     assert not any("teacher" in k for k in ranks[0]["keys"])  # the teacher is never part of the student
@@ -121,9 +153,12 @@ def test_early_stopping_stops_every_rank_together(tmp_path):
     # Rank 0 plateaus from the start, rank 1 keeps improving: Lightning's EarlyStopping reduces the decision over
     # ranks (any rank may stop the run), so both end at the same epoch instead of one waiting forever.
     curves = {0: [1.0] * 10, 1: [1.0 / (e + 1) for e in range(10)]}
-    _trainer(devices=2, strategy="ddp_spawn", max_epochs=10,
-             callbacks=[EarlyStopping(monitor="val/loss", patience=1), Dump(tmp_path)]
-             ).fit(Student(micro_batch=4, val_losses=curves))
+    _trainer(
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=10,
+        callbacks=[EarlyStopping(monitor="val/loss", patience=1), Dump(tmp_path)],
+    ).fit(Student(micro_batch=4, val_losses=curves))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["epoch"] == ranks[1]["epoch"] == 2
     assert ranks[0]["step"] == ranks[1]["step"]
@@ -137,10 +172,16 @@ class DumpLogits(Callback):
         ids = torch.stack([item["input_ids"] for item in _items()])
         with torch.no_grad():
             logits = pl_module.model(input_ids=ids).logits
-        kinds = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in pl_module.model.bert.encoder.modules()
-                        if type(m).__name__ == "Linear"})
-        (self.out / f"logits{trainer.global_rank}.json").write_text(json.dumps({"logits": logits.tolist(),
-                                                                                "linear_types": kinds}))
+        kinds = sorted(
+            {
+                f"{type(m).__module__}.{type(m).__name__}"
+                for m in pl_module.model.bert.encoder.modules()
+                if type(m).__name__ == "Linear"
+            }
+        )
+        (self.out / f"logits{trainer.global_rank}.json").write_text(
+            json.dumps({"logits": logits.tolist(), "linear_types": kinds})
+        )
 
 
 @pytest.mark.slow
@@ -150,9 +191,11 @@ def test_int8_quantization_on_two_processes_equals_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     _trainer(devices=1, callbacks=[Int8Quantization(backend="torch", report=False), DumpLogits(one)]).test(
-        Student(micro_batch=4))
-    _trainer(devices=2, strategy="ddp_spawn", callbacks=[Int8Quantization(backend="torch", report=False),
-                                                         DumpLogits(two)]).test(Student(micro_batch=4))
+        Student(micro_batch=4)
+    )
+    _trainer(
+        devices=2, strategy="ddp_spawn", callbacks=[Int8Quantization(backend="torch", report=False), DumpLogits(two)]
+    ).test(Student(micro_batch=4))
     single = json.loads((one / "logits0.json").read_text())
     ranks = [json.loads((two / f"logits{r}.json").read_text()) for r in (0, 1)]
     assert single["linear_types"] == ["torch.ao.nn.quantized.dynamic.modules.linear.Linear"]  # all int8

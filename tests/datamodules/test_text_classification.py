@@ -14,8 +14,12 @@ def _dm(tok, **kwargs):
 
 
 def test_csv_splits_labels_and_dynamic_padding(tiny_tokenizer_dir, sentiment_csvs):
-    dm = _dm(tiny_tokenizer_dir, train_file=str(sentiment_csvs["train"]), validation_file=str(sentiment_csvs["val"]),
-             test_file=str(sentiment_csvs["test"]))
+    dm = _dm(
+        tiny_tokenizer_dir,
+        train_file=str(sentiment_csvs["train"]),
+        validation_file=str(sentiment_csvs["val"]),
+        test_file=str(sentiment_csvs["test"]),
+    )
     assert dm.labels == ["fresh", "rotten"]
     dm.setup("fit")
     dm.setup("test")
@@ -48,9 +52,17 @@ def test_other_formats(tiny_tokenizer_dir, tmp_path, fmt):
 
 def test_text_pairs_and_labels_given(tiny_tokenizer_dir, tmp_path):
     path = tmp_path / "pairs.csv"
-    pd.DataFrame({"a": ["good movie", "the film"], "b": ["great", "bad"], "label": ["yes", "no"]}).to_csv(path, index=False)
-    dm = _dm(tiny_tokenizer_dir, train_file=str(path), validation_file=str(path), text_pair_field="b",
-             labels=["yes", "no"], text_field="a")
+    pd.DataFrame({"a": ["good movie", "the film"], "b": ["great", "bad"], "label": ["yes", "no"]}).to_csv(
+        path, index=False
+    )
+    dm = _dm(
+        tiny_tokenizer_dir,
+        train_file=str(path),
+        validation_file=str(path),
+        text_pair_field="b",
+        labels=["yes", "no"],
+        text_field="a",
+    )
     dm.setup("fit")
     row = dm.datasets["train"][0]
     assert row["labels"] == 0 and 1 in row["token_type_ids"]
@@ -167,7 +179,9 @@ def test_not_utf8_names_line(tiny_tokenizer_dir, tmp_path):
         _dm(tiny_tokenizer_dir, train_file=str(path)).setup("fit")
 
 
-@pytest.mark.parametrize("content,kind", [("text,label\ngood,p\n,n\n", "null"), ("text,label\ngood,p\n   ,n\n", "empty")])
+@pytest.mark.parametrize(
+    "content,kind", [("text,label\ngood,p\n,n\n", "null"), ("text,label\ngood,p\n   ,n\n", "empty")]
+)
 def test_empty_or_null_text(tiny_tokenizer_dir, tmp_path, content, kind):
     path = tmp_path / "t.csv"
     path.write_text(content)
@@ -187,7 +201,8 @@ def test_hf_dataset_by_name_from_a_local_directory(tiny_tokenizer_dir, tmp_path)
     root = tmp_path / "my_dataset"
     root.mkdir()
     pd.DataFrame({"text": ["good movie", "bad film", "great fun"], "label": ["p", "n", "p"]}).to_csv(
-        root / "train.csv", index=False)
+        root / "train.csv", index=False
+    )
     pd.DataFrame({"text": ["awful plot", "brilliant"], "label": ["n", "p"]}).to_csv(root / "test.csv", index=False)
     dm = _dm(tiny_tokenizer_dir, dataset_name=str(root), val_fraction=0.34)
     dm.setup("fit")

@@ -10,16 +10,30 @@ from lit_llm.modules import SequenceClassifier
 
 
 def _trainer(tmp_path, **kwargs):
-    defaults = dict(accelerator="cpu", devices=1, max_steps=12, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                    num_sanity_val_steps=0)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        max_steps=12,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
     defaults.update(kwargs)
     return Trainer(**defaults)
 
 
 def _data(tok, csvs, **kwargs):
-    return TextClassificationDataModule(str(tok), train_file=str(csvs["train"]), validation_file=str(csvs["val"]),
-                                        test_file=str(csvs["test"]), batch_size=16, **kwargs)
+    return TextClassificationDataModule(
+        str(tok),
+        train_file=str(csvs["train"]),
+        validation_file=str(csvs["val"]),
+        test_file=str(csvs["test"]),
+        batch_size=16,
+        **kwargs,
+    )
 
 
 def test_fit_test_export_and_pipeline(tmp_path, tiny_bert_dir, sentiment_csvs):
@@ -83,8 +97,14 @@ def test_multi_label_uses_bce(tmp_path, tiny_bert_dir):
     path = tmp_path / "ml.jsonl"
     rows = ['{"text": "good fun movie", "label": ["pos", "fun"]}', '{"text": "bad film", "label": ["neg"]}'] * 8
     path.write_text("\n".join(rows) + "\n")
-    dm = TextClassificationDataModule(str(tiny_bert_dir), train_file=str(path), validation_file=str(path),
-                                      test_file=str(path), multi_label=True, batch_size=4)
+    dm = TextClassificationDataModule(
+        str(tiny_bert_dir),
+        train_file=str(path),
+        validation_file=str(path),
+        test_file=str(path),
+        multi_label=True,
+        batch_size=4,
+    )
     model = SequenceClassifier(str(tiny_bert_dir), optimizer=functools.partial(torch.optim.AdamW, lr=1e-2))
     trainer = _trainer(tmp_path, max_steps=20)
     trainer.fit(model, datamodule=dm)
@@ -116,13 +136,16 @@ def test_any_torch_optimizer_with_no_decay_groups(tiny_bert_dir, name):
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
-    assert all(n.endswith("bias") or "LayerNorm" in n or "embeddings" in n for n in map(names.get, map(id, no_decay["params"])))
+    assert all(
+        n.endswith("bias") or "LayerNorm" in n or "embeddings" in n for n in map(names.get, map(id, no_decay["params"]))
+    )
     assert all(n.endswith("weight") and "LayerNorm" not in n for n in map(names.get, map(id, decay["params"])))
 
 
 def test_layer_decay_scales_group_rates(tiny_bert_dir):
-    model = SequenceClassifier(str(tiny_bert_dir), labels=["a", "b"], layer_decay=0.5,
-                               optimizer=functools.partial(torch.optim.AdamW, lr=0.1))
+    model = SequenceClassifier(
+        str(tiny_bert_dir), labels=["a", "b"], layer_decay=0.5, optimizer=functools.partial(torch.optim.AdamW, lr=0.1)
+    )
     opt = model.configure_optimizers()
     rates = {g["group_name"]: g["lr"] for g in opt.param_groups}
     assert rates["layer_3_decay"] == pytest.approx(0.1)  # classifier / pooler on top of 2 blocks
@@ -131,8 +154,14 @@ def test_layer_decay_scales_group_rates(tiny_bert_dir):
 
 
 def test_from_config_dict_and_gradient_checkpointing(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, sentiment_csvs):
-    config = dict(model_type="bert", vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=2, intermediate_size=37)
+    config = dict(
+        model_type="bert",
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+    )
     model = SequenceClassifier(config, tokenizer=str(tiny_tokenizer_dir), gradient_checkpointing=True)
     _trainer(tmp_path, max_steps=2).fit(model, datamodule=_data(tiny_tokenizer_dir, sentiment_csvs))
     assert getattr(model.model, "is_activation_checkpointing", None) or model.model.is_gradient_checkpointing

@@ -245,8 +245,8 @@ def _callbacks() -> list[str]:
 
     from lightning.pytorch.callbacks import Callback
 
-    return sorted(n for n in lit_llm.callbacks.__all__
-                  if isinstance(getattr(lit_llm.callbacks, n), type) and issubclass(getattr(lit_llm.callbacks, n), Callback))
+    exported = {n: getattr(lit_llm.callbacks, n) for n in lit_llm.callbacks.__all__}
+    return sorted(n for n, obj in exported.items() if isinstance(obj, type) and issubclass(obj, Callback))
 
 
 CALLBACK_ARGS = {

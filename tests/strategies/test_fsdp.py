@@ -35,22 +35,42 @@ def test_no_block_classes_is_an_error():
 
 def test_fsdp1_on_cpu_suggests_fsdp2(tmp_path, tiny_bert_dir):
     model = SequenceClassifier(str(tiny_bert_dir), labels=["a", "b"])
-    trainer = Trainer(accelerator="cpu", devices=1, strategy=TransformerFSDP(), max_steps=1, logger=False,
-                      enable_checkpointing=False, default_root_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"TransformerFSDP runs on CUDA GPUs.*use\s+lit_llm.strategies.TransformerFSDP2"):
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        strategy=TransformerFSDP(),
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(
+        ValueError, match=r"TransformerFSDP runs on CUDA GPUs.*use\s+lit_llm.strategies.TransformerFSDP2"
+    ):
         trainer.fit(model, train_dataloaders=[])
 
 
 @pytest.mark.slow
-def test_fsdp2_trains_sharded_on_two_cpu_processes_and_exports(tmp_path, tiny_tokenizer_dir, tiny_tokenizer,
-                                                               sentiment_csvs):
+def test_fsdp2_trains_sharded_on_two_cpu_processes_and_exports(
+    tmp_path, tiny_tokenizer_dir, tiny_tokenizer, sentiment_csvs
+):
     launcher_keys = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK")
     env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(HERE / "fsdp2_script.py"), str(tmp_path), str(tiny_tokenizer_dir),
-         str(sentiment_csvs["train"]), str(len(tiny_tokenizer))],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            str(HERE / "fsdp2_script.py"),
+            str(tmp_path),
+            str(tiny_tokenizer_dir),
+            str(sentiment_csvs["train"]),
+            str(len(tiny_tokenizer)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -76,22 +96,36 @@ def test_export_plain_checkpoint_and_errors(tmp_path, tiny_bert_dir, sentiment_c
     from lit_llm.datamodules import TextClassificationDataModule
 
     model = SequenceClassifier(str(tiny_bert_dir), export=False)
-    data = TextClassificationDataModule(str(tiny_bert_dir), train_file=str(sentiment_csvs["train"]),
-                                        validation_file=str(sentiment_csvs["val"]), batch_size=16)
+    data = TextClassificationDataModule(
+        str(tiny_bert_dir),
+        train_file=str(sentiment_csvs["train"]),
+        validation_file=str(sentiment_csvs["val"]),
+        batch_size=16,
+    )
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    Trainer(accelerator="cpu", max_steps=2, logger=False, callbacks=[ckpt_cb], enable_progress_bar=False,
-            default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=1).fit(model, datamodule=data)
+    Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        callbacks=[ckpt_cb],
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+    ).fit(model, datamodule=data)
     assert export_main([ckpt_cb.last_model_path, str(tmp_path / "hf"), "--onnx"]) == 0
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     import onnxruntime
 
-    enc = AutoTokenizer.from_pretrained(tmp_path / "hf")(["good movie", "the film was really bad"], padding=True,
-                                                          return_tensors="pt")
+    enc = AutoTokenizer.from_pretrained(tmp_path / "hf")(
+        ["good movie", "the film was really bad"], padding=True, return_tensors="pt"
+    )
     reference = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()(**enc).logits
     session = onnxruntime.InferenceSession(str(tmp_path / "hf" / "model.onnx"))
-    (onnx_logits,) = session.run(None, {"input_ids": enc["input_ids"].numpy(),
-                                         "attention_mask": enc["attention_mask"].numpy()})
+    (onnx_logits,) = session.run(
+        None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()}
+    )
     assert torch.allclose(torch.from_numpy(onnx_logits), reference.detach(), atol=1e-4)
 
     clf = pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")
@@ -122,9 +156,19 @@ def test_fsdp2_sharded_checkpoint_resumes_exactly(tmp_path, tiny_tokenizer_dir, 
     env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(HERE / "fsdp2_resume_script.py"), str(tmp_path), str(tiny_tokenizer_dir), str(train),
-         str(len(tiny_tokenizer))],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            str(HERE / "fsdp2_resume_script.py"),
+            str(tmp_path),
+            str(tiny_tokenizer_dir),
+            str(train),
+            str(len(tiny_tokenizer)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = torch.load(tmp_path / "resume.pt", weights_only=True)

@@ -158,6 +158,7 @@ def layerwise_param_groups(
 
 
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 def build_optimizer(
@@ -183,3 +184,21 @@ def build_optimizer(
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * group["lr_scale"]
     return optimizer
+
+
+def optimizers_for(
+    model: nn.Module,
+    factory: OptimizerFactory,
+    lr_scheduler: SchedulerFactory | None = None,
+    layer_decay: float | None = None,
+) -> Any:
+    """What ``configure_optimizers`` returns: :func:`build_optimizer`, plus the scheduler stepped every optimizer step.
+
+    Example::
+        def configure_optimizers(self):
+            return optimizers_for(self.model, self.optimizer, self.lr_scheduler, self.layer_decay)
+    """
+    optimizer = build_optimizer(model, factory, layer_decay)
+    if lr_scheduler is None:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler(optimizer), "interval": "step"}}

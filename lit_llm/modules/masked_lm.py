@@ -8,14 +8,14 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import SumMetric
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lit_llm.hf import ModelSpec, check_export_dir, export_pretrained, load_model, load_tokenizer
+from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer
+from lit_llm.modules.best_checkpoint import export_best, output_dir
 from lit_llm.masking import mask_tokens
-from lit_llm.optim import build_optimizer
+from lit_llm.optim import optimizers_for
 from lit_llm.token_loss import StepTokenNormalizer, token_cross_entropy
 
 __all__ = ["MaskedLanguageModel", "LanguageModelBase"]
@@ -109,20 +109,12 @@ class LanguageModelBase(pl.LightningModule):
                 f"set block_size <= {limit}."
             )
         if stage == "fit" and self.export:
-            check_export_dir(self._export_dir())
-
-    def _export_dir(self) -> Path:
-        root = Path(self.trainer.default_root_dir) if self._trainer is not None else Path.cwd()
-        return Path(self.export_dir) if self.export_dir else root / "export"
+            check_export_dir(output_dir(self, self.export_dir, "export"))
 
     @override
     def configure_optimizers(self) -> Any:
         assert self.model is not None, "setup() builds the model before the optimizer"
-        optimizer = build_optimizer(self.model, self.optimizer_factory, self.layer_decay)
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay)
 
     # ---------------------------------------------------------------- loss
     def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -195,16 +187,9 @@ class LanguageModelBase(pl.LightningModule):
     # ---------------------------------------------------------------- export
     @override
     def on_fit_end(self) -> None:
-        checkpoint = getattr(self.trainer, "checkpoint_callback", None)
-        best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
-        if best and Path(best).is_file():
-            state = torch.load(best, map_location="cpu", weights_only=True)
-            self.load_state_dict(state["state_dict"])
-            rank_zero_info(f"loaded the best checkpoint {best}")
-        if self.export and self.trainer.is_global_zero:
-            assert self.model is not None
-            self.export_path = export_pretrained(self.model, self.tokenizer, self._export_dir())
-            rank_zero_info(f"exported HF model + tokenizer to {self.export_path}")
+        assert self.model is not None
+        path = export_best(self, self.model, self.tokenizer, output_dir(self, self.export_dir, "export"), self.export)
+        self.export_path = path or self.export_path
 
 
 class MaskedLanguageModel(LanguageModelBase):

@@ -26,8 +26,9 @@ from torchmetrics.classification import (
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from lit_llm.distillation import apply_training_objectives
-from lit_llm.hf import ModelSpec, check_export_dir, export_pretrained, load_model, load_tokenizer
-from lit_llm.optim import build_optimizer
+from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer
+from lit_llm.modules.best_checkpoint import export_best, output_dir
+from lit_llm.optim import optimizers_for
 from lit_llm.reports import (
     format_report,
     plot_confusion_matrix,
@@ -239,21 +240,11 @@ class SequenceClassifier(pl.LightningModule):
                 f"Set the datamodule's labels to {self.labels}."
             )
         if stage == "fit" and self.export:
-            check_export_dir(self._export_dir())
-
-    def _run_dir(self) -> Path:
-        return Path(self.trainer.default_root_dir) if self._trainer is not None else Path.cwd()
-
-    def _export_dir(self) -> Path:
-        return Path(self.export_dir) if self.export_dir else self._run_dir() / "export"
+            check_export_dir(output_dir(self, self.export_dir, "export"))
 
     def configure_optimizers(self) -> Any:
         assert self.model is not None, "setup() builds the model before the optimizer"
-        optimizer = build_optimizer(self.model, self.optimizer_factory, self.layer_decay)
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay)
 
     # ---------------------------------------------------------------- steps
     @staticmethod
@@ -313,7 +304,7 @@ class SequenceClassifier(pl.LightningModule):
         else:
             report = report_from_confusion(computed["confusion"], self.labels)
         if self.trainer.is_global_zero:
-            out = Path(self.report_dir) if self.report_dir else self._run_dir() / "reports"
+            out = output_dir(self, self.report_dir, "reports")
             self.report_path = save_report(report, out)
             if not self.multi_label:
                 plot_confusion_matrix(computed["confusion"], self.labels, out / "confusion_matrix.png", "test")
@@ -364,16 +355,8 @@ class SequenceClassifier(pl.LightningModule):
 
     # ---------------------------------------------------------------- export
     def on_fit_end(self) -> None:
-        checkpoint = getattr(self.trainer, "checkpoint_callback", None)
-        best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
-        if best and Path(best).is_file():
-            state = torch.load(best, map_location="cpu", weights_only=True)
-            self.load_state_dict(state["state_dict"])
-            score = getattr(checkpoint, "best_model_score", None)
-            rank_zero_info(
-                f"loaded the best checkpoint {best}" + (f" (score {float(score):.4f})" if score is not None else "")
-            )
-        if self.export and self.trainer.is_global_zero:
-            assert self.model is not None
-            self.export_path = export_pretrained(self.model, self.tokenizer, self._export_dir())
-            rank_zero_info(f"exported HF model + tokenizer to {self.export_path}")
+        assert self.model is not None
+        tokenizer = self.tokenizer if self.export else None
+        self.export_path = export_best(
+            self, self.model, tokenizer, output_dir(self, self.export_dir, "export"), self.export
+        ) or self.export_path

@@ -10,7 +10,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_only
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 from typing_extensions import override
 
@@ -24,8 +23,9 @@ from lit_llm.entities import (
     infer_scheme,
     parse_tag,
 )
-from lit_llm.hf import check_export_dir, export_pretrained, load_model, load_tokenizer
-from lit_llm.optim import build_optimizer
+from lit_llm.hf import check_export_dir, load_model, load_tokenizer
+from lit_llm.modules.best_checkpoint import export_best, output_dir
+from lit_llm.optim import optimizers_for
 
 __all__ = ["TokenClassifier", "entity_spans"]
 
@@ -188,10 +188,7 @@ class TokenClassifier(pl.LightningModule):
                 "match. Give both the same labels, or leave the model's labels unset."
             )
         if stage == "fit" and self.trainer.is_global_zero:
-            check_export_dir(self._export_target())
-
-    def _export_target(self) -> Path:
-        return Path(self.export_dir) if self.export_dir else Path(self.trainer.default_root_dir) / "export"
+            check_export_dir(output_dir(self, self.export_dir, "export"))
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -334,21 +331,10 @@ class TokenClassifier(pl.LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         self._require_model()
-        optimizer = build_optimizer(self.model, self.optimizer, self.layer_decay)
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
+        return optimizers_for(self.model, self.optimizer, self.lr_scheduler, self.layer_decay)
 
     @override
     def on_fit_end(self) -> None:
-        self._export()
-
-    @rank_zero_only
-    def _export(self) -> None:
-        callback = self.trainer.checkpoint_callback
-        best = getattr(callback, "best_model_path", "") if callback is not None else ""
-        if best:
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            self.load_state_dict(state)
         tokenizer = self.tokenizer if self.tokenizer_name is not None else None
-        self.export_path = export_pretrained(self.model, tokenizer, self._export_target())
+        path = export_best(self, self.model, tokenizer, output_dir(self, self.export_dir, "export"))
+        self.export_path = path or self.export_path

@@ -1,0 +1,57 @@
+"""What every lit-llm module does at fit end: take the best checkpoint's weights, then export them in HF format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_llm.hf import export_pretrained
+
+__all__ = ["run_dir", "output_dir", "restore_best_checkpoint", "export_best"]
+
+
+def run_dir(module: pl.LightningModule) -> Path:
+    """The trainer's ``default_root_dir`` (the run directory under the CLI), or the working directory."""
+    return Path(module.trainer.default_root_dir) if module._trainer is not None else Path.cwd()
+
+
+def output_dir(module: pl.LightningModule, configured: str | None, name: str) -> Path:
+    """``configured`` if given, else ``<run dir>/<name>``."""
+    return Path(configured) if configured else run_dir(module) / name
+
+
+def restore_best_checkpoint(module: pl.LightningModule) -> str | None:
+    """Load the best checkpoint of the trainer's ModelCheckpoint into ``module`` (on every rank, so the replicas
+    stay identical), with ``weights_only=True``; returns its path, or None when there is none."""
+    checkpoint = getattr(module.trainer, "checkpoint_callback", None)
+    best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+    if not best or not Path(best).is_file():
+        return None
+    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    score = getattr(checkpoint, "best_model_score", None)
+    rank_zero_info(f"loaded the best checkpoint {best}" + (f" (score {float(score):.4f})" if score is not None else ""))
+    return best
+
+
+def export_best(
+    module: pl.LightningModule,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    export_dir: Path,
+    export: bool = True,
+) -> Path | None:
+    """At fit end: restore the best weights, then (rank zero, when ``export``) ``save_pretrained`` model + tokenizer.
+
+    Returns:
+        The export directory, or None where nothing was exported (other ranks, ``export=False``).
+    """
+    restore_best_checkpoint(module)
+    if not export or not module.trainer.is_global_zero:
+        return None
+    path = export_pretrained(model, tokenizer, export_dir)
+    rank_zero_info(f"exported HF model + tokenizer to {path}")
+    return path

@@ -89,26 +89,25 @@ class _StepTimer:
         self.steps = 0
 
 
+def vocab_size(dry_run: bool) -> int:
+    return 256 if dry_run else 30522
+
+
 def bert_config(dry_run: bool, vocab_size: int) -> dict[str, Any]:
+    """BERT-base dimensions, or tiny ones for ``--dry-run``, as a config dict with ``model_type``."""
     if dry_run:
-        return dict(
-            model_type="bert",
-            vocab_size=vocab_size,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=128,
-            max_position_embeddings=512,
-        )
-    return dict(
-        model_type="bert",
-        vocab_size=vocab_size,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=512,
-    )
+        size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+    else:
+        size = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    return dict(model_type="bert", vocab_size=vocab_size, max_position_embeddings=512, **size)
+
+
+def hf_bert_config(dry_run: bool, **overrides: Any) -> Any:
+    """The same dimensions as a ``transformers`` config object."""
+    from transformers import AutoConfig
+
+    spec = bert_config(dry_run, vocab_size(dry_run))
+    return AutoConfig.for_model(spec.pop("model_type"), **spec, **overrides)
 
 
 def peak_flops(device: torch.device, dry_run: bool) -> float | None:
@@ -125,7 +124,7 @@ def mlm_throughput(tok: Path, device: torch.device, seq_len: int, batch: int, dr
     from lit_llm.flops import flops_per_batch
     from lit_llm.modules import MaskedLanguageModel
 
-    vocab = 30522 if not dry_run else 256
+    vocab = vocab_size(dry_run)
     model = MaskedLanguageModel(
         bert_config(dry_run, vocab),
         tokenizer=str(tok),
@@ -213,12 +212,11 @@ def fsdp_smoke(tok: Path, device: torch.device, dry_run: bool) -> dict[str, Any]
 
 
 def int8_check(device: torch.device, dry_run: bool) -> dict[str, Any]:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     from lit_llm.quantization import quantize_int8
 
-    spec = bert_config(dry_run, 30522 if not dry_run else 256)
-    config = AutoConfig.for_model(spec.pop("model_type"), num_labels=2, **spec)
+    config = hf_bert_config(dry_run, num_labels=2)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config).eval()
     ids = torch.randint(50, config.vocab_size, (32, 128))
@@ -248,10 +246,9 @@ def int8_check(device: torch.device, dry_run: bool) -> dict[str, Any]:
 
 def optimizer_memory(device: torch.device, dry_run: bool) -> dict[str, Any]:
     import bitsandbytes as bnb
-    from transformers import AutoConfig, AutoModelForMaskedLM
+    from transformers import AutoModelForMaskedLM
 
-    spec = bert_config(dry_run, 30522 if not dry_run else 256)
-    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    config = hf_bert_config(dry_run)
     out: dict[str, Any] = {}
     for name, factory in (("AdamW", torch.optim.AdamW), ("AdamW8bit", bnb.optim.AdamW8bit)):
         torch.manual_seed(0)
@@ -289,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        tok = make_tokenizer(Path(tmp) / "tok", 30522 if not args.dry_run else 256)
+        tok = make_tokenizer(Path(tmp) / "tok", vocab_size(args.dry_run))
         sizes = [(128, 4), (512, 2)] if args.dry_run else [(128, 64), (512, 16)]
         parts = {
             "mlm_bf16": lambda: [mlm_throughput(tok, device, s, b, args.dry_run) for s, b in sizes],

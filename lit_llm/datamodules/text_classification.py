@@ -315,9 +315,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
-        datasets_ = {k: v.with_format("python") for k, v in self.datasets.items()}
+        # Only the requested split needs the python format (plain lists for the padding collator).
+        prepared = {split: self.datasets[split].with_format("python")} if split in self.datasets else {}
         return split_loader(
-            datasets_,
+            prepared,
             split,
             batch_size=batch_size,
             shuffle=shuffle,

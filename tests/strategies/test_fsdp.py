@@ -15,6 +15,17 @@ from lit_llm.strategies import TransformerFSDP, TransformerFSDP2, find_block_cla
 HERE = Path(__file__).parent
 
 
+def _run_two_ranks(script: str, out: Path, *args: object) -> None:
+    """Run a standalone 2-process script (Lightning's launcher re-executes it per rank) and fail with its stderr."""
+    # Launcher variables in our environment would make the script think its ranks were started externally.
+    launcher_keys = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, str(HERE / script), str(out), *map(str, args)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=out)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 def test_block_classes_come_from_no_split_modules(tiny_bert_dir, tiny_gpt2_dir):
     from transformers import AutoModelForCausalLM
 
@@ -54,25 +65,7 @@ def test_fsdp1_on_cpu_suggests_fsdp2(tmp_path, tiny_bert_dir):
 def test_fsdp2_trains_sharded_on_two_cpu_processes_and_exports(
     tmp_path, tiny_tokenizer_dir, tiny_tokenizer, sentiment_csvs
 ):
-    launcher_keys = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "fsdp2_script.py"),
-            str(tmp_path),
-            str(tiny_tokenizer_dir),
-            str(sentiment_csvs["train"]),
-            str(len(tiny_tokenizer)),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _run_two_ranks("fsdp2_script.py", tmp_path, tiny_tokenizer_dir, sentiment_csvs["train"], len(tiny_tokenizer))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:
         assert r["world_size"] == 2 and r["is_dtensor"] and r["global_step"] == 3
@@ -152,25 +145,7 @@ def test_fsdp2_sharded_checkpoint_resumes_exactly(tmp_path, tiny_tokenizer_dir, 
     train = tmp_path / "train.csv"
     rows = "".join(f"good movie {i % 5},fresh\nbad film {i % 7},rotten\n" for i in range(12))
     train.write_text("text,label\n" + rows)  # 24 rows: 3 steps per epoch on each of 2 ranks with batch 4
-    launcher_keys = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(HERE / "fsdp2_resume_script.py"),
-            str(tmp_path),
-            str(tiny_tokenizer_dir),
-            str(train),
-            str(len(tiny_tokenizer)),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _run_two_ranks("fsdp2_resume_script.py", tmp_path, tiny_tokenizer_dir, train, len(tiny_tokenizer))
     result = torch.load(tmp_path / "resume.pt", weights_only=True)
     assert result["steps"] == 6
     assert (tmp_path / "epoch1.ckpt" / ".metadata").is_file()  # sharded, one file per rank

@@ -175,10 +175,9 @@ class TextCorpusDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size={batch_size!r} must be >= 1.")
         if nsp and streaming:
             raise ValueError("nsp=True needs the whole corpus to draw random segments from; use streaming=False.")
-        # "tokenizer" is also a module argument: under another name here, so Lightning can merge both hparams
-        # for the logger even when the two are spelled differently.
-        self.save_hyperparameters(ignore=["tokenizer"])
-        self.hparams["data_tokenizer"] = tokenizer
+        # logger=False: Lightning refuses to log when module and datamodule hparams share a key with different
+        # values (tokenizer=None vs a path); the CLI logs the whole config instead.
+        self.save_hyperparameters(logger=False)
         self.data_files, self.dataset_name = data_files, dataset_name
         self.dataset_config, self.split = dataset_config, split
         self.text_field, self.tokenizer_name, self.train_tokenizer = text_field, tokenizer, train_tokenizer

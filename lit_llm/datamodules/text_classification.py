@@ -104,8 +104,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"max_length={max_length!r}: must be at least 2 tokens.")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be >= 1.")
-        # No save_hyperparameters(): Lightning merges datamodule and module hparams for the loggers and refuses
-        # keys they share with other values (tokenizer, multi_label); the CLI logs the whole config instead.
+        # logger=False: Lightning refuses to log when module and datamodule hparams share a key with different
+        # values (tokenizer, multi_label); the CLI logs the whole config instead.
+        self.save_hyperparameters(logger=False)
         self._labels_configured = labels is not None
         self.tokenizer_name = tokenizer
         self.files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}

@@ -177,7 +177,9 @@ class TokenClassificationDataModule(pl.LightningDataModule):
                     + (f"; not valid: {bad}" if bad else "")
                     + "."
                 )
-        self.save_hyperparameters()
+        # logger=False: Lightning refuses to log when module and datamodule hparams share a key with different
+        # values (tokenizer=None vs a path); the CLI logs the whole config instead.
+        self.save_hyperparameters(logger=False)
         self.tokenizer_name = tokenizer
         self.files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
         self.dataset_name = dataset_name

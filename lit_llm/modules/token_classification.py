@@ -117,10 +117,6 @@ class TokenClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if tokenizer is None and isinstance(model, str):
             tokenizer = model
-            # Record the resolved tokenizer (initial hparams too): Lightning refuses to log hparams when the
-            # module's and the datamodule's `tokenizer` differ, and the datamodule's is usually the model's dir.
-            self.hparams["tokenizer"] = tokenizer
-            self._hparams_initial["tokenizer"] = tokenizer
         self.model_spec = model
         self.tokenizer_name = tokenizer
         self.entity_mode = entity_mode

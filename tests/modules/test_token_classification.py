@@ -313,3 +313,16 @@ def test_predict_with_a_predict_only_datamodule(tmp_path, tiny_bert_dir, tiny_to
     dm = TokenClassificationDataModule(str(tiny_tokenizer_dir), predict_file=files["predict"])
     out = make_trainer(tmp_path).predict(model, datamodule=dm)
     assert [s["text"] for s in out[0][0]] == ["johnny", "new york"]
+
+
+def test_logs_hyperparameters_beside_a_datamodule_with_other_values(tmp_path, tiny_bert_dir, tiny_tokenizer_dir, files):
+    # Module tokenizer=None (resolved to the model dir), datamodule tokenizer=another dir: both have hparams with
+    # the key "tokenizer"; Lightning would refuse to merge them for the logger if the datamodule logged its own.
+    from lightning.pytorch.loggers import CSVLogger
+
+    model = TokenClassifier(str(tiny_bert_dir))
+    dm = make_dm(tiny_tokenizer_dir, files)
+    assert dm.hparams["tokenizer"] == str(tiny_tokenizer_dir)  # still saved with checkpoints
+    make_trainer(tmp_path, max_steps=1, logger=CSVLogger(tmp_path), limit_val_batches=0).fit(model, datamodule=dm)
+    logged = (tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text()
+    assert f"model: {tiny_bert_dir}" in logged

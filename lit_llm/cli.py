@@ -20,9 +20,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_llm.callbacks.resume import ExactResume
 from lit_llm.checkpointing import AtomicCheckpointIO
 
-__all__ = ["LitLLMCLI", "main", "configure_wandb_mode", "next_run_dir"]
+__all__ = ["LitLLMCLI", "main", "configure_wandb_mode", "next_run_dir", "resume_target"]
 
 # Subcommands that are not Trainer methods; each module has `main(argv) -> int`.
 EXTRA_SUBCOMMANDS = {
@@ -49,6 +50,39 @@ def next_run_dir(root: str | Path, name: str) -> Path:
     base = Path(root) / name
     versions = [int(m.group(1)) for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
     return base / f"version_{max(versions, default=-1) + 1}"
+
+
+def resume_target(ckpt_path: str, root: str | Path, name: str) -> tuple[Path | None, Path | None]:
+    """Where ``fit --ckpt_path`` resumes: ``(checkpoint file, run directory to continue in)``.
+
+    ``last`` is the newest ``root/name/version_<n>/checkpoints/last.ckpt`` (``(None, None)`` when there is none:
+    the run starts afresh, as Lightning does). A checkpoint inside a run directory's ``checkpoints/`` continues
+    that run in its directory; any other file starts a new run directory from it.
+
+    Raises:
+        FileNotFoundError: the checkpoint file does not exist.
+    """
+    if ckpt_path == "last":
+        base = Path(root) / name
+        found = [
+            (int(m.group(1)), p / "checkpoints" / "last.ckpt")
+            for p in base.glob("version_*")
+            if (m := re.fullmatch(r"version_(\d+)", p.name)) and (p / "checkpoints" / "last.ckpt").is_file()
+        ]
+        if not found:
+            return None, None
+        path = max(found)[1]
+        return path, path.parent.parent
+    path = Path(ckpt_path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--ckpt_path {ckpt_path}: no such checkpoint. Give a .ckpt file (or a sharded checkpoint directory), or "
+            f"'last' for the newest runs/{name}/version_<n>/checkpoints/last.ckpt."
+        )
+    run_dir = path.parent.parent
+    if path.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
+        return path, run_dir
+    return path, None
 
 
 class LoggedSaveConfig(SaveConfigCallback):
@@ -123,8 +157,20 @@ class LitLLMCLI(LightningCLI):
         cfg = self.config[sub]
         trainer_cfg = cfg.trainer
         root = trainer_cfg.get("default_root_dir") or cfg.get("run_root") or "runs"
-        run_dir = next_run_dir(Path(root).absolute(), self._config_name(cfg))
-        run_dir.mkdir(parents=True, exist_ok=False)
+        name = self._config_name(cfg)
+        self.resumed_from: Path | None = None
+        run_dir = None
+        if sub == "fit" and cfg.get("ckpt_path"):
+            ckpt, run_dir = resume_target(str(cfg.ckpt_path), Path(root).absolute(), name)
+            if ckpt is None:
+                print(f"lit-llm: no last.ckpt under {Path(root) / name}/version_*/checkpoints; starting a new run")
+            cfg.ckpt_path = None if ckpt is None else str(ckpt)
+            self.resumed_from = ckpt
+        if run_dir is None:
+            run_dir = next_run_dir(Path(root).absolute(), name)
+            run_dir.mkdir(parents=True, exist_ok=False)
+        else:
+            print(f"lit-llm: resuming {self.resumed_from}; the run continues in {run_dir}")
         trainer_cfg.default_root_dir = str(run_dir)
         self.run_dir = run_dir
         loggers = trainer_cfg.get("logger")
@@ -142,6 +188,16 @@ class LitLLMCLI(LightningCLI):
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = str(self.run_dir / "checkpoints")
+        if not any(isinstance(cb, ExactResume) for cb in trainer.callbacks):  # type: ignore[attr-defined]
+            trainer.callbacks.append(ExactResume())  # type: ignore[attr-defined]
+        if getattr(self, "resumed_from", None) is not None:
+            # The resumed run keeps the original config.yaml and saves its own beside it.
+            for cb in trainer.callbacks:  # type: ignore[attr-defined]
+                if isinstance(cb, SaveConfigCallback) and (self.run_dir / cb.config_filename).exists():
+                    n = 1
+                    while (self.run_dir / f"config.resume{n}.yaml").exists():
+                        n += 1
+                    cb.config_filename = f"config.resume{n}.yaml"
         strategy = trainer.strategy
         if type(getattr(strategy, "_checkpoint_io", None) or strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()  # a kill during a save never truncates a checkpoint

@@ -12,9 +12,28 @@ from typing import Any
 
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["ModelSpec", "build_config", "load_model", "load_tokenizer", "check_export_dir", "export_pretrained"]
+__all__ = [
+    "ModelSpec",
+    "build_config",
+    "load_model",
+    "load_tokenizer",
+    "check_export_dir",
+    "export_pretrained",
+    "trust_remote_code",
+]
 
 ModelSpec = str | dict[str, Any]
+
+
+def trust_remote_code() -> bool:
+    """Whether ``from_pretrained`` may run Python code shipped with a model: off unless the user sets
+    ``LIT_LLM_TRUST_REMOTE_CODE=1`` (a model repository's code runs with the user's rights)."""
+    value = os.environ.get("LIT_LLM_TRUST_REMOTE_CODE", "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"LIT_LLM_TRUST_REMOTE_CODE={value!r}: use 1 to allow a model's own code, or 0 / unset.")
 
 
 def _looks_local(name: str) -> bool:
@@ -48,7 +67,7 @@ def build_config(model: ModelSpec, **overrides: Any) -> PretrainedConfig:
         spec.update(overrides)
         return AutoConfig.for_model(model_type, **spec)
     _check_exists(model, "model")
-    return AutoConfig.from_pretrained(model, trust_remote_code=False, **overrides)
+    return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code(), **overrides)
 
 
 def load_model(auto_cls: Any, model: ModelSpec, **config_overrides: Any) -> PreTrainedModel:
@@ -62,7 +81,7 @@ def load_model(auto_cls: Any, model: ModelSpec, **config_overrides: Any) -> PreT
     if isinstance(model, dict):
         return auto_cls.from_config(build_config(model, **config_overrides))
     _check_exists(model, "model")
-    return auto_cls.from_pretrained(model, trust_remote_code=False, **config_overrides)
+    return auto_cls.from_pretrained(model, trust_remote_code=trust_remote_code(), **config_overrides)
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -72,7 +91,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         FileNotFoundError: a local path that does not exist.
     """
     _check_exists(name, "tokenizer")
-    return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code())
 
 
 def check_export_dir(path: str | Path) -> Path:

@@ -6,11 +6,13 @@ from lit_llm.callbacks.global_batch import GlobalBatchSize
 from lit_llm.callbacks.low_rank import LowRankFactorization
 from lit_llm.callbacks.pruning import Pruning
 from lit_llm.callbacks.quantization import Int8Quantization
+from lit_llm.callbacks.resume import ExactResume
 from lit_llm.callbacks.throughput import TransformerThroughputMonitor
 from lit_llm.callbacks.warmup import WarmupSchedule
 
 __all__ = [
     "DistillationTeacher",
+    "ExactResume",
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",
     "Int8Quantization",

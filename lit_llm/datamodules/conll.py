@@ -112,8 +112,7 @@ def _records(path: Path) -> Iterable[tuple[int, Any]]:
         raise DataFileError(f"{path}: line {err.lineno}: not valid JSON ({err.msg}).") from None
     if not isinstance(data, list):
         raise DataFileError(f"{path}: expected a JSON list of {{tokens, tags}} objects, got {type(data).__name__}.")
-    for index, record in enumerate(data):
-        yield index, record
+    yield from enumerate(data)
 
 
 def read_json(

@@ -30,6 +30,7 @@ from lit_llm.datamodules.packing import (
     pack_blocks,
     tokenize_documents,
 )
+from lit_llm.datamodules.resumable import ResumableDataLoader
 from lit_llm.hf import load_tokenizer
 from lit_llm.tokenizer_training import TokenizerKind, train_tokenizer
 
@@ -333,14 +334,18 @@ class TextCorpusDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
         collate = partial(collate_blocks, pad_token_id=self.tokenizer.pad_token_id or 0)
+        if shuffle and not isinstance(dataset, IterableDataset):  # the training loader resumes mid-epoch exactly
+            return ResumableDataLoader(dataset, batch_size=self.batch_size, shuffle=True, seed=self.seed,
+                                       num_workers=self.num_workers, collate_fn=collate,
+                                       persistent_workers=self.num_workers > 0)
+        # A stream resumes at the start of the interrupted epoch (see ResumableDataLoader on why).
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle and not isinstance(dataset, IterableDataset),
             num_workers=self.num_workers,
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     @override

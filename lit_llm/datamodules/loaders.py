@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from lit_llm.datamodules.resumable import ResumableDataLoader
+
 __all__ = ["split_loader"]
 
 
@@ -21,19 +23,22 @@ def split_loader(
     num_workers: int = 0,
     seed: int = 0,
 ) -> DataLoader:
-    """A loader over ``datasets[split]``, shuffled by a seeded generator so the order is reproducible.
+    """A loader over ``datasets[split]``; the shuffled (training) one resumes mid-epoch exactly.
+
+    Every loader has its own seeded generator, so creating one never draws from the global RNG.
 
     Raises:
         RuntimeError: the split was not prepared (``setup`` not called, or no file for it).
     """
     if split not in datasets:
         raise RuntimeError(f"no {split} split: call setup() first or give the {split} file")
-    return DataLoader(
-        datasets[split],
+    kwargs: dict[str, Any] = dict(
         batch_size=batch_size,
-        shuffle=shuffle,
         collate_fn=collate_fn,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        generator=torch.Generator().manual_seed(seed),
     )
+    if shuffle:
+        return ResumableDataLoader(datasets[split], shuffle=True, seed=seed, **kwargs)
+    return DataLoader(datasets[split], shuffle=False, **kwargs)

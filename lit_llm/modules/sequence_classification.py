@@ -26,7 +26,7 @@ from torchmetrics.classification import (
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from lit_llm.distillation import apply_training_objectives
-from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer
+from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer, trust_remote_code
 from lit_llm.modules.best_checkpoint import export_best, output_dir
 from lit_llm.optim import optimizers_for
 from lit_llm.reports import (
@@ -51,7 +51,7 @@ def _labels_in_config(model: ModelSpec) -> list[str] | None:
     if isinstance(model, dict):
         return None
     try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code())
     except (OSError, ValueError):
         return None
     names = [config.id2label[i] for i in sorted(config.id2label)]

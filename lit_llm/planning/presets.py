@@ -268,8 +268,10 @@ def resolve_model(spec: str | ModelDims) -> ModelDims:
         return MODEL_PRESETS[spec]
     from transformers import AutoConfig
 
+    from lit_llm.hf import trust_remote_code
+
     try:
-        config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code())
     except Exception as err:  # noqa: BLE001 - any failure means "not a config we can read"
         where = "directory has no readable config.json" if Path(spec).expanduser().is_dir() else "not found"
         raise _unknown(

@@ -1,0 +1,119 @@
+"""A training DataLoader that can resume in the middle of an epoch, batch for batch.
+
+A plain ``DataLoader(shuffle=True)`` draws each epoch's order from a generator whose state is not in the
+checkpoint, and restarts the epoch from its first batch after a resume, so a resumed run sees other batches
+than the run it continues. Here the order of epoch ``e`` is a pure function of ``(seed, e)``
+(``DistributedSampler``'s permutation, sharded across ranks), and the loader counts the batches it yielded in the
+epoch: its ``state_dict`` (saved by Lightning's fit loop in every checkpoint) lets the resumed run skip exactly
+those batches, without loading them.
+
+torchdata's ``StatefulDataLoader`` does this too, but it is not a dependency of Lightning or of ours, and it
+saves the sampler's state rather than a position in a reproducible order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+
+__all__ = ["ResumableSampler", "ResumableDataLoader"]
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` whose replicas default to the current process group (one replica without one),
+    and which can start an epoch part-way, at a sample offset set by :meth:`skip`.
+
+    Being a ``DistributedSampler`` already, Lightning keeps it under DDP instead of replacing it, and calls its
+    ``set_epoch`` at each epoch start.
+    """
+
+    def __init__(self, dataset: Sized, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=dist.get_world_size() if distributed else 1,
+            rank=dist.get_rank() if distributed else 0,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self._skip: tuple[int, int] | None = None  # (epoch, samples of this rank to skip)
+
+    def skip(self, epoch: int, samples: int) -> None:
+        """Start the next iteration of ``epoch`` after its first ``samples`` samples (ignored for other epochs)."""
+        self._skip = (epoch, samples)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self._skip = self._skip, None
+        if skip is not None and skip[0] == self.epoch:
+            indices = indices[skip[1] :]
+        return iter(indices)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` with ``state_dict`` / ``load_state_dict`` that resumes mid-epoch exactly.
+
+    It samples a map-style dataset with a :class:`ResumableSampler` (seeded by ``seed``; ``shuffle`` as in
+    ``DataLoader``) and skips already-consumed batches by index. ``generator`` defaults to one seeded with
+    ``seed``, so creating an iterator never draws from the global RNG (which would shift dropout after a
+    resume). Iterable (streaming) datasets are refused: their position cannot be restored by index, and
+    Lightning prefetches one batch of them ahead of the step, so a yielded-batch count would be off by one.
+
+    Lightning saves ``state_dict()`` with the fit loop in each checkpoint and loads it when resuming; the
+    :class:`~lit_llm.callbacks.ExactResume` callback also restores it from the loop's own batch counter.
+
+    Example::
+        loader = ResumableDataLoader(dataset, batch_size=32, shuffle=True, seed=13, collate_fn=collator)
+        trainer.fit(model, train_dataloaders=loader, ckpt_path="last")
+    """
+
+    def __init__(
+        self, dataset: Any, batch_size: int = 1, shuffle: bool = False, *, seed: int = 0, **kwargs: Any
+    ) -> None:
+        if isinstance(dataset, IterableDataset):
+            raise TypeError(
+                f"ResumableDataLoader needs a map-style dataset, got the iterable {type(dataset).__name__}: "
+                "use a plain DataLoader (a resume then restarts the interrupted epoch) or a map-style dataset"
+            )
+        for key in ("sampler", "batch_sampler"):
+            if kwargs.get(key) is not None:
+                raise TypeError(f"ResumableDataLoader makes its own sampler; do not pass {key}=")
+        self.seed = seed
+        kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
+        sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed, drop_last=kwargs.get("drop_last", False))
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        self._yielded = 0
+        self._pending: dict[str, int] | None = None
+
+    @property
+    def epoch(self) -> int:
+        """The epoch Lightning last set on the sampler."""
+        return int(self.sampler.epoch)  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch and how many of its batches this loader has yielded."""
+        return {"epoch": self.epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Make the next iteration of ``state_dict["epoch"]`` skip its first ``state_dict["batches"]`` batches."""
+        self._pending = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        # A generator: nothing runs until the first batch is requested, which is after Lightning has restored
+        # the checkpoint and set the epoch (Lightning creates the iterator earlier than both).
+        return self._batches()
+
+    def _batches(self) -> Iterator[Any]:
+        pending, self._pending = self._pending, None
+        skip = pending["batches"] if pending is not None and pending["epoch"] == self.epoch else 0
+        if skip:
+            self.sampler.skip(self.epoch, skip * (self.batch_size or 1))  # type: ignore[attr-defined]
+        self._yielded = skip
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch

@@ -1,0 +1,106 @@
+"""Safe loading: no model code runs unless asked, nothing reaches for the network offline, W&B keys stay secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoModelForSequenceClassification
+
+from lit_llm.hf import load_model, trust_remote_code
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key
+
+
+def _model_with_remote_code(tmp_path: Path) -> tuple[Path, Path]:
+    """A model directory whose config asks for its own Python code; that code leaves a marker when it runs."""
+    model_dir, marker = tmp_path / "remote_model", tmp_path / "code_ran"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({
+        "model_type": "evil",
+        "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"},
+    }))
+    (model_dir / "configuration_evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
+    return model_dir, marker
+
+
+def test_a_models_own_code_never_runs_unless_the_user_allows_it(tmp_path, monkeypatch):
+    model_dir, marker = _model_with_remote_code(tmp_path)
+    monkeypatch.delenv("LIT_LLM_TRUST_REMOTE_CODE", raising=False)
+    assert trust_remote_code() is False
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_model(AutoModelForSequenceClassification, str(model_dir))
+    assert not marker.exists()
+
+    monkeypatch.setenv("LIT_LLM_TRUST_REMOTE_CODE", "maybe")
+    with pytest.raises(ValueError, match=r"LIT_LLM_TRUST_REMOTE_CODE='maybe': use 1"):
+        trust_remote_code()
+    monkeypatch.setenv("LIT_LLM_TRUST_REMOTE_CODE", "1")
+    assert trust_remote_code() is True
+
+
+# Runs the CLI with an audit hook that records every attempt to resolve or connect to a host that is not this
+# machine (wandb's own service talks to localhost, which is allowed).
+_AUDITED = r"""
+import json, socket, sys
+attempts = []
+LOCAL = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "", None)
+def hook(event, args):
+    if event == "socket.getaddrinfo" and args[0] not in LOCAL:
+        attempts.append(f"getaddrinfo {args[0]}")
+    elif event == "socket.connect":
+        address = args[1]
+        if isinstance(address, tuple) and address[0] not in LOCAL and not str(address[0]).startswith("127."):
+            attempts.append(f"connect {address}")
+sys.addaudithook(hook)
+from lit_llm.cli import main
+try:
+    main(sys.argv[1:])
+finally:
+    with open("network_attempts.json", "w") as f:
+        json.dump(attempts, f)
+"""
+
+
+@pytest.mark.slow
+def test_offline_fit_uses_no_network_and_never_writes_the_wandb_key(tmp_path, tiny_bert_dir, sentiment_csvs):
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": 2, "limit_val_batches": 1, "log_every_n_steps": 1,
+            "enable_progress_bar": False, "enable_model_summary": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "p"}},
+        },
+        "model": {"class_path": "lit_llm.modules.SequenceClassifier", "init_args": {"model": str(tiny_bert_dir)}},
+        "data": {
+            "class_path": "lit_llm.datamodules.TextClassificationDataModule",
+            "init_args": {"tokenizer": str(tiny_bert_dir), "train_file": str(sentiment_csvs["train"]),
+                          "validation_file": str(sentiment_csvs["val"]), "batch_size": 16},
+        },
+    }
+    config = tmp_path / "offline.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB", "HF_", "TRANSFORMERS_"))}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_API_KEY=FAKE_KEY, HOME=str(tmp_path),
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-c", _AUDITED, "fit", "--config", str(config), "--run_root", str(tmp_path / "runs")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "network_attempts.json").read_text()) == []
+    run_dir = tmp_path / "runs" / "offline" / "version_0"
+    assert list(run_dir.rglob("*.wandb")), "the W&B run was not written"
+    leaks = [p for p in run_dir.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
+    assert leaks == [], f"the W&B key was written to {leaks}"
+    assert FAKE_KEY not in proc.stdout + proc.stderr

@@ -1,0 +1,143 @@
+"""ResumableDataLoader: a reproducible order per epoch, and a position that survives save / load."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, IterableDataset
+
+from lit_llm.callbacks import ExactResume
+from lit_llm.callbacks.resume import get_rng_states, set_rng_states
+from lit_llm.datamodules import ResumableDataLoader
+
+
+def _epoch(loader: ResumableDataLoader, epoch: int) -> list[list[int]]:
+    loader.sampler.set_epoch(epoch)
+    return [batch.tolist() for batch in loader]
+
+
+def test_each_epochs_order_depends_only_on_seed_and_epoch():
+    data = list(range(20))
+    a, b = ResumableDataLoader(data, batch_size=4, shuffle=True, seed=3), ResumableDataLoader(data, batch_size=4,
+                                                                                            shuffle=True, seed=3)
+    assert _epoch(a, 0) == _epoch(b, 0)
+    assert _epoch(a, 2) == _epoch(b, 2)  # b never saw epoch 1
+    assert _epoch(a, 1) != _epoch(a, 0)
+    assert sorted(sum(_epoch(a, 1), [])) == data
+    plain = ResumableDataLoader(data, batch_size=4)
+    assert sum(_epoch(plain, 5), []) == data  # shuffle=False keeps the order
+
+
+def test_a_resumed_loader_yields_exactly_the_rest_of_the_epoch_and_stays_aligned_on_a_second_resume():
+    data = list(range(23))
+    reference = ResumableDataLoader(data, batch_size=4, shuffle=True, seed=1)
+    full = _epoch(reference, 1)
+
+    first = ResumableDataLoader(data, batch_size=4, shuffle=True, seed=1)
+    first.sampler.set_epoch(1)
+    iterator = iter(first)
+    seen = [next(iterator).tolist() for _ in range(2)]
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batches": 2}
+
+    second = ResumableDataLoader(data, batch_size=4, shuffle=True, seed=1)
+    second.load_state_dict(state)
+    second.sampler.set_epoch(1)
+    iterator = iter(second)
+    seen.append(next(iterator).tolist())
+    assert second.state_dict() == {"epoch": 1, "batches": 3}  # counts from the start of the epoch
+
+    third = ResumableDataLoader(data, batch_size=4, shuffle=True, seed=1)
+    third.load_state_dict(second.state_dict())
+    seen += _epoch(third, 1)
+    assert seen == full
+    assert _epoch(third, 2) == _epoch(reference, 2)  # the skip applied once, to its own epoch only
+
+
+def test_a_position_saved_in_another_epoch_is_ignored():
+    loader = ResumableDataLoader(list(range(12)), batch_size=4, shuffle=True, seed=0)
+    loader.load_state_dict({"epoch": 0, "batches": 3})  # saved at the end of epoch 0
+    assert len(_epoch(loader, 1)) == 3
+
+
+def test_streams_and_own_samplers_are_refused():
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from range(3)
+
+    with pytest.raises(TypeError, match="ResumableDataLoader needs a map-style dataset, got the iterable Stream"):
+        ResumableDataLoader(Stream(), batch_size=2)
+    with pytest.raises(TypeError, match="makes its own sampler; do not pass sampler="):
+        ResumableDataLoader(list(range(4)), sampler=[0, 1, 2, 3])
+
+
+def test_creating_an_iterator_does_not_draw_from_the_global_rng():
+    loader = ResumableDataLoader(list(range(8)), batch_size=2, shuffle=True, seed=0)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    list(loader)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    states = get_rng_states()
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.save({"rng": states}, tmp_path / "rng.pt")
+    set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    assert (torch.equal(torch.rand(3), expected[0]), random.random(), np.random.rand()) == (True, *expected[1:])
+
+
+class _Noisy(pl.LightningModule):
+    """Dropout makes each step depend on the global RNG."""
+
+    def __init__(self, loader_cls=ResumableDataLoader):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 1))
+        self.loader_cls = loader_cls
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    def train_dataloader(self):
+        data = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+        if self.loader_cls is DataLoader:
+            return DataLoader(data, batch_size=4, shuffle=True)
+        return self.loader_cls(data, batch_size=4, shuffle=True, seed=7)
+
+
+def _trainer(tmp_path, max_steps, callbacks=()):
+    return pl.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks))
+
+
+@pytest.mark.parametrize("stop_at", [13, 20])  # mid-epoch, and the last batch of an epoch
+def test_stop_and_resume_in_process_equals_one_run(tmp_path, stop_at):
+    pl.seed_everything(0)
+    reference = _Noisy()
+    _trainer(tmp_path / "ref", 25, [ExactResume()]).fit(reference)
+
+    pl.seed_everything(0)
+    first = _Noisy()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True, save_top_k=0)
+    _trainer(tmp_path / "a", stop_at, [ExactResume(), ckpt]).fit(first)
+    pl.seed_everything(123)  # the resumed process starts from other random states
+    resumed = _Noisy()
+    _trainer(tmp_path / "b", 25, [ExactResume()]).fit(resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    for p, q in zip(reference.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_plain_loader_gets_a_warning_on_a_mid_epoch_resume(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True, save_top_k=0)
+    _trainer(tmp_path / "a", 3, [ExactResume(), ckpt]).fit(_Noisy(DataLoader))
+    with pytest.warns(UserWarning, match=r"ExactResume: the train loader \(DataLoader\) has no state_dict"):
+        _trainer(tmp_path / "b", 5, [ExactResume()]).fit(_Noisy(DataLoader), ckpt_path=tmp_path / "ckpt" / "last.ckpt")

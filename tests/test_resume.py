@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_llm.cli import resume_target
 
@@ -159,3 +161,50 @@ def test_resume_target(tmp_path):
     assert resume_target(str(elsewhere), runs, "x") == (elsewhere, None)  # a new run starts from it
     with pytest.raises(FileNotFoundError, match=r"--ckpt_path .*nope.ckpt: no such checkpoint"):
         resume_target(str(tmp_path / "nope.ckpt"), runs, "x")
+
+
+class _RankNoisy(pl.LightningModule):
+    """Dropout, and each rank draws a different amount of random numbers, so the ranks' generators diverge and a
+    resume must restore each rank's own state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, 1))
+
+    def training_step(self, batch, batch_idx):
+        torch.rand(1 + self.global_rank)
+        return self.net(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    def train_dataloader(self):
+        from lit_llm.datamodules import ResumableDataLoader
+
+        return ResumableDataLoader(torch.randn(40, 4, generator=torch.Generator().manual_seed(0)), batch_size=4,
+                                   shuffle=True, seed=7)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_stop_and_resume_equals_one_run(tmp_path):
+    from lit_llm.callbacks import ExactResume
+
+    def trainer(root, steps, *callbacks):
+        return pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=steps, logger=False,
+                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+                          callbacks=[ExactResume(), *callbacks])
+
+    pl.seed_everything(0)
+    reference = _RankNoisy()
+    trainer(tmp_path / "ref", 12).fit(reference)  # 5 steps an epoch on each rank
+
+    pl.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True, save_top_k=0)
+    trainer(tmp_path / "a", 7, ckpt).fit(_RankNoisy())
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"]["ExactResume"]["rng"][1]
+    pl.seed_everything(1)
+    resumed = _RankNoisy()
+    trainer(tmp_path / "b", 12).fit(resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    for p, q in zip(reference.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)

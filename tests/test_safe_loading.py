@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -104,3 +105,33 @@ def test_offline_fit_uses_no_network_and_never_writes_the_wandb_key(tmp_path, ti
     leaks = [p for p in run_dir.rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
     assert leaks == [], f"the W&B key was written to {leaks}"
     assert FAKE_KEY not in proc.stdout + proc.stderr
+
+
+
+def _calls(attr: str):
+    """(file, line, call) for every call of ``<something>.<attr>(...)`` in lit_llm/ and scripts/."""
+    for path in sorted([*(REPO / "lit_llm").rglob("*.py"), *(REPO / "scripts").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attr:
+                yield path.relative_to(REPO), node.lineno, node
+
+
+def test_every_torch_load_is_weights_only():
+    found, unsafe = 0, []
+    for path, line, call in _calls("load"):
+        if not (isinstance(call.func.value, ast.Name) and call.func.value.id == "torch"):
+            continue
+        found += 1
+        value = {k.arg: k.value for k in call.keywords}.get("weights_only")
+        if not (isinstance(value, ast.Constant) and value.value is True):
+            unsafe.append(f"{path}:{line}")
+    assert found >= 3 and unsafe == [], f"torch.load without weights_only=True at {unsafe}"
+
+
+def test_every_from_pretrained_in_the_library_goes_through_the_remote_code_switch():
+    unsafe = []
+    for path, line, call in _calls("from_pretrained"):
+        value = {k.arg: k.value for k in call.keywords}.get("trust_remote_code")
+        if str(path).startswith("lit_llm") and (value is None or ast.unparse(value) != "trust_remote_code()"):
+            unsafe.append(f"{path}:{line}")
+    assert unsafe == [], f"from_pretrained without trust_remote_code=trust_remote_code() at {unsafe}"

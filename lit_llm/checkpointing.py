@@ -9,6 +9,8 @@ a rename within one filesystem is atomic, so the target is always either the old
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,48 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-__all__ = ["AtomicCheckpointIO", "atomic_torch_save"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "atomic_torch_save", "load_checkpoint_file"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says which file and why."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch's messages carry ANSI bold codes
+    return text.splitlines()[0][:160].rstrip(" ,:") if text else type(err).__name__
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", weights_only: bool = True) -> Any:
+    """``torch.load`` with errors that name the file and say what to do; never unpickles code by default.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: a truncated or corrupt file, or one that holds Python objects (needs unsafe globals).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # noqa: BLE001 - not a zip checkpoint: report the loader's own reason below
+            unsafe = []
+        if unsafe:
+            raise CheckpointError(
+                f"{path} is not a readable checkpoint (it needs the unsafe globals {unsafe}: Python objects, not "
+                "only tensors). lit-llm loads with weights_only=True and never unpickles code; save the weights "
+                "alone (a Lightning .ckpt, torch.save(model.state_dict()) or save_pretrained)."
+            ) from None
+        reason = _first_line(err)
+    except (EOFError, RuntimeError, ValueError, OSError) as err:
+        reason = _first_line(err)
+    raise CheckpointError(
+        f"{path} is not a readable checkpoint ({reason}). It may be truncated (a kill during save) or not a "
+        "PyTorch file; use an earlier checkpoint. lit-llm loads with weights_only=True and never unpickles code."
+    )
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -62,4 +105,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: _PATH, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
     ) -> dict[str, Any]:
         safe = True if weights_only is None else weights_only
-        return super().load_checkpoint(path, map_location=map_location, weights_only=safe)
+        checkpoint = load_checkpoint_file(path, map_location=map_location, weights_only=safe)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            found = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+            raise CheckpointError(
+                f"{path} is not a Lightning checkpoint: no 'state_dict' (found {found}). Resume from a .ckpt written "
+                "by a Lightning Trainer (runs/<name>/version_<n>/checkpoints/), or load plain weights into the "
+                "model yourself."
+            )
+        return checkpoint

@@ -25,6 +25,7 @@ from lit_llm.checkpointing import AtomicCheckpointIO
 
 __all__ = ["LitLLMCLI", "main", "configure_wandb_mode", "next_run_dir", "resume_target"]
 
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # Subcommands that are not Trainer methods; each module has `main(argv) -> int`.
 EXTRA_SUBCOMMANDS = {
     "plan": "lit_llm.planning.cli",
@@ -284,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lit-llm {args[0]}: not available in this installation ({err})", file=sys.stderr)
             return 2
         return int(module.main(args[1:]) or 0)
+    if args and not args[0].startswith("-") and args[0] not in LIGHTNING_SUBCOMMANDS:
+        choices = ", ".join([*LIGHTNING_SUBCOMMANDS, *EXTRA_SUBCOMMANDS])
+        print(f"lit-llm: unknown subcommand {args[0]!r}; choose one of {choices} (lit-llm --help)", file=sys.stderr)
+        raise SystemExit(2)
     LitLLMCLI(args=None if argv is None else args)
     return 0
 

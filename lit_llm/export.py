@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import pickle
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
 
 __all__ = ["load_checkpoint", "export_checkpoint", "main", "CheckpointError"]
 
@@ -24,10 +25,6 @@ MODULE_CLASSES = (
     "lit_llm.modules.MaskedLanguageModel",
     "lit_llm.modules.CausalLanguageModel",
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message says which file and why."""
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -52,15 +49,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if "model" in checkpoint and "state_dict" not in checkpoint:
             checkpoint["state_dict"] = checkpoint.pop("model")
     else:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as err:
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise CheckpointError(
-                f"{path} is not a readable checkpoint ({first}). It may be truncated (a kill during save) or not a "
-                "PyTorch file; use an earlier checkpoint. lit-llm loads with weights_only=True "
-                "and never unpickles code."
-            ) from None
+        checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a Lightning checkpoint: no 'state_dict' (found {keys}).")

@@ -36,6 +36,20 @@ def trust_remote_code() -> bool:
     raise ValueError(f"LIT_LLM_TRUST_REMOTE_CODE={value!r}: use 1 to allow a model's own code, or 0 / unset.")
 
 
+def _from_pretrained(load: Any, name: str, **kwargs: Any) -> Any:
+    """``load(name, trust_remote_code=..., **kwargs)``, naming our switch when the model needs its own code."""
+    try:
+        return load(name, trust_remote_code=trust_remote_code(), **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ValueError(
+            f"{name!r} needs its own Python code to load (auto_map in its config.json), which lit-llm does not run "
+            "by default. Set LIT_LLM_TRUST_REMOTE_CODE=1 if you trust that code, or use a model transformers "
+            "supports natively."
+        ) from None
+
+
 def _looks_local(name: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else is meant as a path on disk.
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
@@ -67,7 +81,7 @@ def build_config(model: ModelSpec, **overrides: Any) -> PretrainedConfig:
         spec.update(overrides)
         return AutoConfig.for_model(model_type, **spec)
     _check_exists(model, "model")
-    return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code(), **overrides)
+    return _from_pretrained(AutoConfig.from_pretrained, model, **overrides)
 
 
 def load_model(auto_cls: Any, model: ModelSpec, **config_overrides: Any) -> PreTrainedModel:
@@ -81,7 +95,7 @@ def load_model(auto_cls: Any, model: ModelSpec, **config_overrides: Any) -> PreT
     if isinstance(model, dict):
         return auto_cls.from_config(build_config(model, **config_overrides))
     _check_exists(model, "model")
-    return auto_cls.from_pretrained(model, trust_remote_code=trust_remote_code(), **config_overrides)
+    return _from_pretrained(auto_cls.from_pretrained, model, **config_overrides)
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -91,7 +105,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         FileNotFoundError: a local path that does not exist.
     """
     _check_exists(name, "tokenizer")
-    return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code())
+    return _from_pretrained(AutoTokenizer.from_pretrained, name)
 
 
 def check_export_dir(path: str | Path) -> Path:

@@ -15,7 +15,7 @@ from torch import nn
 from typing_extensions import override
 
 from lit_llm.distillation import attach_objective, detach_objective, find_blocks, hidden_state_loss, kd_loss
-from lit_llm.hf import load_model
+from lit_llm.hf import build_config, load_model
 
 __all__ = ["DistillationTeacher", "load_teacher"]
 
@@ -107,6 +107,14 @@ def load_teacher(
             overrides["id2label"] = dict(enumerate(labels))
             overrides["label2id"] = {name: i for i, name in enumerate(labels)}
         model = load_model(auto_cls, spec, **overrides)
+        expected = model.state_dict()
+        for key, value in weights.items():
+            if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+                raise ValueError(
+                    f"teacher checkpoint {teacher!r} does not match the architecture {spec!r}: {key} is "
+                    f"{tuple(value.shape)} in the checkpoint and {tuple(expected[key].shape)} in the architecture "
+                    "(resized embeddings?). Pass teacher_architecture=<the teacher's own HF dir or config dict>."
+                )
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or len(missing) == len(model.state_dict()):
             raise ValueError(
@@ -114,7 +122,20 @@ def load_teacher(
                 f"{len(missing)} missing and {len(unexpected)} unexpected keys (e.g. {(unexpected or missing)[:3]})."
             )
         return model
+    _check_head(teacher, auto_cls)
     return load_model(auto_cls, teacher)
+
+
+def _check_head(teacher: str, auto_cls: Any) -> None:
+    """Refuse an HF teacher saved with another head: loading it would give a randomly initialized head."""
+    suffix = next((sfx for sfx, auto in _AUTO_BY_SUFFIX if auto == getattr(auto_cls, "__name__", "")), None)
+    architectures = getattr(build_config(teacher), "architectures", None) or []
+    if suffix and architectures and not any(a.endswith(suffix) for a in architectures):
+        raise ValueError(
+            f"teacher {teacher!r} is a {architectures[0]}, but the student is a *{suffix} model: its {suffix} head "
+            "would be randomly initialized. Give a teacher trained for the student's task (for a lit-llm run, its "
+            "export/ directory)."
+        )
 
 
 class DistillationTeacher(Callback):

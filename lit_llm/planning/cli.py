@@ -32,7 +32,10 @@ _DIM_FLAGS = ("layers", "hidden", "heads", "vocab", "ffn", "max_positions")
 
 def _count(text: str) -> int:
     # accept 2e9 and 2_000_000_000 for token counts
-    value = float(text.replace("_", ""))
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 1e9 or 2_000_000_000)") from None
     if value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)

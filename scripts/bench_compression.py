@@ -113,7 +113,9 @@ def accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
     return right / total
 
 
-def train(model: torch.nn.Module, loader: DataLoader, steps: int, lr: float, root: Path, callbacks: list[Any]) -> Classifier:
+def train(
+    model: torch.nn.Module, loader: DataLoader, steps: int, lr: float, root: Path, callbacks: list[Any]
+) -> Classifier:
     module = Classifier(model, lr)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
@@ -144,7 +146,9 @@ def measure(
 
 
 @torch.inference_mode()
-def timings(models: dict[str, torch.nn.Module], timing_batch: dict[str, Any], rounds: int) -> dict[str, dict[str, float]]:
+def timings(
+    models: dict[str, torch.nn.Module], timing_batch: dict[str, Any], rounds: int
+) -> dict[str, dict[str, float]]:
     """Best-of-``rounds`` forward latency per variant at batch 1 and 32, measured round-robin.
 
     The machine is shared and its load drifts: timing the variants one after another in each round, and
@@ -177,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     quick = args.quick
     # quick: ~10 min on 2 busy cores; full: the issue's setting (~60 min on 2 free cores).
-    cfg = dict(train_n=1500, test_n=256, base_steps=60, recover_steps=15, distill_steps=30, repeats=3, max_length=48) if quick else dict(
-        train_n=None, test_n=None, base_steps=900, recover_steps=300, distill_steps=900, repeats=7, max_length=64)
+    if quick:
+        cfg = dict(train_n=1500, test_n=256, base_steps=60, recover_steps=15, distill_steps=30, repeats=3,
+                   max_length=48)
+    else:
+        cfg = dict(train_n=None, test_n=None, base_steps=900, recover_steps=300, distill_steps=900, repeats=7,
+                   max_length=64)
     if args.smoke:
         cfg = dict(train_n=128, test_n=64, base_steps=3, recover_steps=4, distill_steps=3, repeats=1, max_length=32)
     pl.seed_everything(args.seed, verbose=False)
@@ -247,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stage("low-rank (energy 0.6)")
     model = copy.deepcopy(base).train()
-    train(model, train_loader, cfg["recover_steps"], 5e-5, work / "lowrank", [LowRankFactorization(energy=0.6, report=False)])
+    train(model, train_loader, cfg["recover_steps"], 5e-5, work / "lowrank",
+          [LowRankFactorization(energy=0.6, report=False)])
     rows.append(measure("low-rank SVD (energy 0.6)", model, test_loader, models))
 
     stage("combined: 3-layer student + 30% heads/neurons + int8")

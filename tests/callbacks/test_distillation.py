@@ -59,7 +59,8 @@ def test_alpha_mixes_kd_and_task_loss(tmp_path, teacher_dir):
     model = UserClassifier()
     with torch.no_grad():
         s = model.model(**batch)
-        expected = 0.3 * kd_loss(s.logits, teacher(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits, 3.0)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        expected = 0.3 * kd_loss(s.logits, teacher(**inputs).logits, 3.0)
         expected = expected + 0.7 * s.loss
     cb = DistillationTeacher(teacher=str(teacher_dir), temperature=3.0, alpha=0.3)
     t = trainer(tmp_path, [cb], max_steps=1)
@@ -145,7 +146,11 @@ def test_hidden_layer_out_of_range(tmp_path, teacher_dir):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"temperature": 0.0}, r"temperature=0.0"), ({"alpha": 1.5}, r"alpha=1.5"), ({"hidden_weight": -1}, r"hidden_weight=-1")],
+    [
+        ({"temperature": 0.0}, r"temperature=0.0"),
+        ({"alpha": 1.5}, r"alpha=1.5"),
+        ({"hidden_weight": -1}, r"hidden_weight=-1"),
+    ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -60,7 +60,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def _train_loaders(trainer: pl.Trainer) -> list[Any]:
-    loaders = trainer.train_dataloader
+    loaders: Any = trainer.train_dataloader
     if hasattr(loaders, "flattened"):  # a CombinedLoader
         return list(loaders.flattened)
     if isinstance(loaders, dict):
@@ -103,11 +103,9 @@ class ExactResume(Callback):
         else:
             gathered = [states]
         loop = trainer.fit_loop
-        return {
-            "rng": gathered,
-            "epoch": loop.epoch_progress.current.processed,
-            "batches": loop.epoch_loop.batch_progress.current.processed,  # consumed in this epoch
-        }
+        epoch: Any = loop.epoch_progress.current  # a _ProcessedTracker at run time (the epoch Lightning's samplers get)
+        batches: Any = loop.epoch_loop.batch_progress.current
+        return {"rng": gathered, "epoch": epoch.processed, "batches": batches.processed}  # consumed in this epoch
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

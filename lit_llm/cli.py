@@ -172,6 +172,7 @@ class LitLLMCLI(LightningCLI):
             run_dir.mkdir(parents=True, exist_ok=False)
         else:
             print(f"lit-llm: resuming {self.resumed_from}; the run continues in {run_dir}")
+            self._keep_earlier_outputs(cfg, run_dir)
         trainer_cfg.default_root_dir = str(run_dir)
         self.run_dir = run_dir
         loggers = trainer_cfg.get("logger")
@@ -183,6 +184,19 @@ class LitLLMCLI(LightningCLI):
             callbacks = trainer_cfg.get("callbacks") or []
             if not any("PredictionWriter" in str(getattr(c, "class_path", "")) for c in callbacks):
                 self._prediction_file = run_dir / "predictions.jsonl"
+
+    @staticmethod
+    def _keep_earlier_outputs(cfg: Any, run_dir: Path) -> None:
+        """A resumed run that already exported or reported (it had finished) writes beside, never over, them."""
+        n = 1
+        while (run_dir / f"config.resume{n}.yaml").exists():
+            n += 1
+        init_args = getattr(cfg.get("model"), "init_args", None)
+        for key, default in (("export_dir", "export"), ("report_dir", "reports")):
+            if init_args is None or key not in init_args or init_args[key]:
+                continue
+            if (run_dir / default).is_dir() and any((run_dir / default).iterdir()):
+                init_args[key] = str(run_dir / f"{default}.resume{n}")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

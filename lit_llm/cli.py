@@ -46,11 +46,23 @@ def configure_wandb_mode(environ: dict[str, str] | None = None) -> str:
     return "online"
 
 
+def _run_versions(base: Path) -> list[tuple[int, Path]]:
+    """``(n, directory)`` for every ``base/version_<n>``."""
+    return [(int(m.group(1)), p) for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+
+
 def next_run_dir(root: str | Path, name: str) -> Path:
     """``root/name/version_<n>`` with n one past the highest existing version, so no run reuses a directory."""
     base = Path(root) / name
-    versions = [int(m.group(1)) for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    return base / f"version_{max(versions, default=-1) + 1}"
+    return base / f"version_{max((n for n, _ in _run_versions(base)), default=-1) + 1}"
+
+
+def _next_resume_index(run_dir: Path) -> int:
+    """k of the next ``config.resume<k>.yaml``, the suffix a resumed run gives what it writes beside earlier files."""
+    k = 1
+    while (run_dir / f"config.resume{k}.yaml").exists():
+        k += 1
+    return k
 
 
 def resume_target(ckpt_path: str, root: str | Path, name: str) -> tuple[Path | None, Path | None]:
@@ -64,16 +76,11 @@ def resume_target(ckpt_path: str, root: str | Path, name: str) -> tuple[Path | N
         FileNotFoundError: the checkpoint file does not exist.
     """
     if ckpt_path == "last":
-        base = Path(root) / name
-        found = [
-            (int(m.group(1)), p / "checkpoints" / "last.ckpt")
-            for p in base.glob("version_*")
-            if (m := re.fullmatch(r"version_(\d+)", p.name)) and (p / "checkpoints" / "last.ckpt").is_file()
-        ]
+        found = [(n, p) for n, p in _run_versions(Path(root) / name) if (p / "checkpoints" / "last.ckpt").is_file()]
         if not found:
             return None, None
-        path = max(found)[1]
-        return path, path.parent.parent
+        run_dir = max(found)[1]
+        return run_dir / "checkpoints" / "last.ckpt", run_dir
     path = Path(ckpt_path).absolute()
     if not path.exists():
         raise FileNotFoundError(
@@ -172,7 +179,7 @@ class LitLLMCLI(LightningCLI):
             run_dir.mkdir(parents=True, exist_ok=False)
         else:
             print(f"lit-llm: resuming {self.resumed_from}; the run continues in {run_dir}")
-            self._keep_earlier_outputs(cfg, run_dir)
+            self._keep_earlier_outputs(cfg, run_dir, _next_resume_index(run_dir))
         trainer_cfg.default_root_dir = str(run_dir)
         self.run_dir = run_dir
         loggers = trainer_cfg.get("logger")
@@ -186,11 +193,8 @@ class LitLLMCLI(LightningCLI):
                 self._prediction_file = run_dir / "predictions.jsonl"
 
     @staticmethod
-    def _keep_earlier_outputs(cfg: Any, run_dir: Path) -> None:
+    def _keep_earlier_outputs(cfg: Any, run_dir: Path, n: int) -> None:
         """A resumed run that already exported or reported (it had finished) writes beside, never over, them."""
-        n = 1
-        while (run_dir / f"config.resume{n}.yaml").exists():
-            n += 1
         init_args = getattr(cfg.get("model"), "init_args", None)
         for key, default in (("export_dir", "export"), ("report_dir", "reports")):
             if init_args is None or key not in init_args or init_args[key]:
@@ -209,10 +213,7 @@ class LitLLMCLI(LightningCLI):
             # The resumed run keeps the original config.yaml and saves its own beside it.
             for cb in trainer.callbacks:  # type: ignore[attr-defined]
                 if isinstance(cb, SaveConfigCallback) and (self.run_dir / cb.config_filename).exists():
-                    n = 1
-                    while (self.run_dir / f"config.resume{n}.yaml").exists():
-                        n += 1
-                    cb.config_filename = f"config.resume{n}.yaml"
+                    cb.config_filename = f"config.resume{_next_resume_index(self.run_dir)}.yaml"
         strategy = trainer.strategy
         if type(getattr(strategy, "_checkpoint_io", None) or strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()  # a kill during a save never truncates a checkpoint

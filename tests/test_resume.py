@@ -213,12 +213,12 @@ def test_two_process_ddp_stop_and_resume_equals_one_run(tmp_path):
 def test_resuming_a_finished_run_writes_its_outputs_beside_the_earlier_ones(tmp_path):
     from jsonargparse import Namespace
 
-    from lit_llm.cli import LitLLMCLI
+    from lit_llm.cli import LitLLMCLI, _next_resume_index
 
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "model.safetensors").write_bytes(b"")
     (tmp_path / "config.resume1.yaml").write_text("{}")
     cfg = Namespace(model=Namespace(class_path="x", init_args=Namespace(export_dir=None, report_dir=None)))
-    LitLLMCLI._keep_earlier_outputs(cfg, tmp_path)
+    LitLLMCLI._keep_earlier_outputs(cfg, tmp_path, _next_resume_index(tmp_path))
     assert cfg.model.init_args.export_dir == str(tmp_path / "export.resume2")
     assert cfg.model.init_args.report_dir is None  # no earlier reports: the default place is free

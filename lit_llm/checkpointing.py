@@ -20,7 +20,13 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "atomic_torch_save", "load_checkpoint_file"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "atomic_torch_save",
+    "load_checkpoint_file",
+    "require_lightning_checkpoint",
+]
 
 
 class CheckpointError(ValueError):
@@ -62,6 +68,21 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", weights_on
         f"{path} is not a readable checkpoint ({reason}). It may be truncated (a kill during save) or not a "
         "PyTorch file; use an earlier checkpoint. lit-llm loads with weights_only=True and never unpickles code."
     )
+
+
+def require_lightning_checkpoint(checkpoint: Any, path: str | Path) -> dict[str, Any]:
+    """``checkpoint`` if it is a Lightning checkpoint (a dict with ``state_dict``).
+
+    Raises:
+        CheckpointError: anything else, naming the file and what it holds.
+    """
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        found = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{path} is not a Lightning checkpoint: no 'state_dict' (found {found}). Give a .ckpt written by a "
+            "Lightning Trainer (runs/<name>/version_<n>/checkpoints/), or load plain weights into the model yourself."
+        )
+    return checkpoint
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -106,11 +127,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         safe = True if weights_only is None else weights_only
         checkpoint = load_checkpoint_file(path, map_location=map_location, weights_only=safe)
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            found = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-            raise CheckpointError(
-                f"{path} is not a Lightning checkpoint: no 'state_dict' (found {found}). Resume from a .ckpt written "
-                "by a Lightning Trainer (runs/<name>/version_<n>/checkpoints/), or load plain weights into the "
-                "model yourself."
-            )
-        return checkpoint
+        return require_lightning_checkpoint(checkpoint, path)

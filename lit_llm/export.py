@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
+from lit_llm.checkpointing import CheckpointError, load_checkpoint_file, require_lightning_checkpoint
 
 __all__ = ["load_checkpoint", "export_checkpoint", "main", "CheckpointError"]
 
@@ -50,10 +50,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             checkpoint["state_dict"] = checkpoint.pop("model")
     else:
         checkpoint = load_checkpoint_file(path)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path} is not a Lightning checkpoint: no 'state_dict' (found {keys}).")
-    return checkpoint
+    return require_lightning_checkpoint(checkpoint, path)
 
 
 def _import(class_path: str) -> type:

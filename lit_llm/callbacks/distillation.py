@@ -116,7 +116,7 @@ def load_teacher(
                     "(resized embeddings?). Pass teacher_architecture=<the teacher's own HF dir or config dict>."
                 )
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        if unexpected or len(missing) == len(model.state_dict()):
+        if unexpected or len(missing) == len(expected):
             raise ValueError(
                 f"teacher checkpoint {teacher!r} does not match the architecture {spec!r}: "
                 f"{len(missing)} missing and {len(unexpected)} unexpected keys (e.g. {(unexpected or missing)[:3]})."

@@ -8,4 +8,7 @@ from lit_llm.datamodules.token_classification import TokenClassificationDataModu
 __all__ = [
     "ResumableDataLoader",
     "ResumableSampler",
-    "TextCorpusDataModule", "TextClassificationDataModule", "TokenClassificationDataModule"]
+    "TextCorpusDataModule",
+    "TextClassificationDataModule",
+    "TokenClassificationDataModule",
+]

@@ -20,6 +20,8 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
+from lit_llm.errors import UserInputError
+
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointError",
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, UserInputError):
     """A checkpoint that cannot be used; the message says which file and why."""
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import datasets
 
+from lit_llm.errors import UserInputError
+
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "DataFileError",
@@ -34,7 +36,7 @@ SUPPORTED_EXTENSIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-class DataFileError(ValueError):
+class DataFileError(ValueError, UserInputError):
     """A data file that cannot be used as it is; the message says where and what to do."""
 
 

@@ -4,6 +4,7 @@ from lit_llm.callbacks.distillation import DistillationTeacher
 from lit_llm.callbacks.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
 from lit_llm.callbacks.global_batch import GlobalBatchSize
 from lit_llm.callbacks.low_rank import LowRankFactorization
+from lit_llm.callbacks.progress import PlainProgressBar
 from lit_llm.callbacks.pruning import Pruning
 from lit_llm.callbacks.quantization import Int8Quantization
 from lit_llm.callbacks.resume import ExactResume
@@ -17,5 +18,6 @@ __all__ = [
     "StopOnNonFiniteLoss",
     "Int8Quantization",
     "LowRankFactorization",
+    "PlainProgressBar",
     "Pruning",
     "GlobalBatchSize", "TransformerThroughputMonitor", "WarmupSchedule"]

@@ -8,10 +8,11 @@ epoch, and puts both back just before the first resumed batch. With a
 then ends with the same weights as a run that was never interrupted (bitwise on CPU with deterministic
 algorithms).
 
-It also restores the loader position when Lightning would not: Lightning loads the loader state only if the
-train dataloader is created after the checkpoint is restored, which is not the case once anything called
-``trainer.estimated_stepping_batches`` during setup (Lightning issue #20550; our ``GlobalBatchSize`` and any
-``OneCycleLR`` do).
+It also restores the position of a ``ResumableDataLoader`` when Lightning would not: Lightning loads the loader
+state only if the train dataloader is created after the checkpoint is restored, which is not the case once anything
+called ``trainer.estimated_stepping_batches`` during setup (Lightning issue #20550; our ``GlobalBatchSize`` and any
+``OneCycleLR`` do). It acts only on that type: any other loader with ``state_dict`` / ``load_state_dict`` (torchdata's
+``StatefulDataLoader``, litdata's ``StreamingDataLoader``) keeps the state Lightning restored in its own format.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
+
+from lit_llm.datamodules.resumable import ResumableDataLoader
 
 __all__ = ["ExactResume", "get_rng_states", "set_rng_states"]
 
@@ -70,12 +73,18 @@ def _train_loaders(trainer: pl.Trainer) -> list[Any]:
     return [] if loaders is None else [loaders]
 
 
+def _has(obj: Any, method: str) -> bool:
+    return callable(getattr(obj, method, None))
+
+
 class ExactResume(Callback):
     """Save the RNG states of every rank and the position in the epoch; restore both on resume.
 
     The ``lit-llm`` CLI adds it to every run. In your own project add it next to a ``ModelCheckpoint`` that saves
-    during the epoch, and give the Trainer a train loader with ``state_dict`` / ``load_state_dict`` (a
-    :class:`~lit_llm.datamodules.ResumableDataLoader`); on resume it warns once if the loader cannot resume.
+    during the epoch, and give the Trainer a train loader that can resume mid-epoch: a
+    :class:`~lit_llm.datamodules.ResumableDataLoader` (whose position this callback restores), or your own stateful
+    loader such as torchdata's ``StatefulDataLoader`` (restored by Lightning; this callback leaves it alone). On
+    resume it warns once if the loader has no ``state_dict`` / ``load_state_dict`` at all.
 
     Example::
         Trainer(callbacks=[ExactResume(), ModelCheckpoint(every_n_train_steps=500, save_last=True)])
@@ -121,10 +130,12 @@ class ExactResume(Callback):
         position = {"epoch": int(loaded["epoch"]), "batches": int(loaded["batches"])}
         stateless = []
         for loader in _train_loaders(trainer):
-            if callable(getattr(loader, "load_state_dict", None)) and callable(getattr(loader, "state_dict", None)):
+            if isinstance(loader, ResumableDataLoader):
                 loader.load_state_dict(position)
-            else:
+            elif not (_has(loader, "load_state_dict") and _has(loader, "state_dict")):
                 stateless.append(type(loader).__name__)
+            # Any other stateful loader (torchdata's StatefulDataLoader, litdata's StreamingDataLoader) has its own
+            # state format, which Lightning saved and restored with the fit loop: our position would corrupt it.
         if stateless and position["batches"]:
             rank_zero_warn(
                 f"ExactResume: the train loader ({', '.join(stateless)}) has no state_dict/load_state_dict, so the "

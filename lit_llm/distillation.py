@@ -1,26 +1,27 @@
-"""Knowledge distillation: the losses, the training-objective hook our modules call, and student initialization.
+"""Knowledge distillation: the losses, the token-selection contract our modules use, and student initialization.
 
 Method card: Hinton et al. 2015 (soft targets, KL at temperature T scaled by T^2 so gradients keep their size),
-Sanh et al. 2019 DistilBERT (student = every other teacher layer; keeps ~97% of the accuracy, 60% faster),
-Jiao et al. 2020 TinyBERT (hidden-state MSE through a learned projection when widths differ).
+Sanh et al. 2019 DistilBERT (student = every other teacher layer; soft targets on the masked positions; keeps ~97%
+of the accuracy, 60% faster), Jiao et al. 2020 TinyBERT (hidden-state MSE through a learned projection when widths
+differ).
 
-**The one-line contract.** A callback cannot change the loss a ``training_step`` returns, so training
-objectives (the :class:`lit_llm.callbacks.DistillationTeacher`) attach themselves to the module and the
-module's ``training_step`` passes its loss through :func:`apply_training_objectives`::
+**Contract.** :class:`lit_llm.callbacks.DistillationTeacher` is a drop-in: it wraps the module's ``training_step``
+and mixes its distillation term into the loss that step returns; nothing in ``training_step`` has to change. By
+default token-level logits are distilled on every non-padding position of the student's forward, and the task loss
+is taken to be a mean. A module that scores only some positions (a masked LM), or that returns a *sum* over target
+tokens (exact token normalization), says so with one call inside its step::
 
-    outputs = self.model(**batch)
-    loss = apply_training_objectives(self, batch, outputs, outputs.loss)   # the one line
-    return loss
+    mark_distillation_targets(self, target_mask, reduction="sum")   # (B, T) bool
 
-It returns ``loss`` unchanged when nothing is attached, so the line costs nothing in runs without a teacher.
-``outputs`` must have ``logits`` (any HF ``ModelOutput`` has).
+A module may still pass its loss through :func:`apply_training_objectives` itself (the contract of earlier
+versions, and the way to distill under manual optimization); the callback then does not add its term a second time.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,10 @@ __all__ = [
     "apply_training_objectives",
     "attach_objective",
     "detach_objective",
+    "DistillationTargets",
+    "distillation_targets",
+    "mark_distillation_targets",
+    "select_targets",
     "find_blocks",
     "hidden_state_loss",
     "kd_loss",
@@ -38,6 +43,7 @@ __all__ = [
 ]
 
 _ATTR = "_lit_llm_training_objectives"
+_TARGETS_ATTR = "_lit_llm_distillation_targets"
 _BLOCK_NAME = re.compile(r"(^|\.)(layer|layers|h|blocks)$")
 
 
@@ -78,11 +84,89 @@ def apply_training_objectives(module: nn.Module, batch: Any, outputs: Any, loss:
     return loss
 
 
+class DistillationTargets(NamedTuple):
+    """Which token positions a module's task loss scores, and how that loss is reduced over them.
+
+    Attributes:
+        positions: ``(B, T)`` bool mask over the student's input positions. The student's logits are either dense
+            ``(B, T, V)`` or already restricted to these positions ``(N, V)`` in row-major order (``N =
+            positions.sum()``, e.g. a masked LM that runs its head on the masked tokens only).
+        reduction: ``"mean"`` (the task loss is a mean over the targets) or ``"sum"`` (a sum, normalized later,
+            e.g. by :class:`lit_llm.token_loss.StepTokenNormalizer`).
+    """
+
+    positions: torch.Tensor
+    reduction: Literal["mean", "sum"] = "mean"
+
+
+def mark_distillation_targets(
+    module: nn.Module, positions: torch.Tensor, reduction: Literal["mean", "sum"] = "mean"
+) -> None:
+    """Record, for the current training step, the positions the task loss scores and its reduction.
+
+    A plain attribute of ``module`` (never in its state_dict); read by distillation objectives after the step.
+
+    Args:
+        module: the LightningModule (``self``).
+        positions: ``(B, T)`` bool mask of target positions.
+        reduction: ``"mean"`` or ``"sum"`` (see :class:`DistillationTargets`).
+
+    Raises:
+        ValueError: an unknown reduction.
+
+    Example::
+        mark_distillation_targets(self, labels != -100, reduction="sum")
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"mark_distillation_targets(reduction={reduction!r}): must be 'mean' or 'sum'.")
+    module.__dict__[_TARGETS_ATTR] = DistillationTargets(positions.detach().bool(), reduction)
+
+
+def distillation_targets(module: nn.Module, clear: bool = False) -> DistillationTargets | None:
+    """What :func:`mark_distillation_targets` recorded on ``module`` (None if nothing); ``clear`` forgets it."""
+    return module.__dict__.pop(_TARGETS_ATTR, None) if clear else module.__dict__.get(_TARGETS_ATTR)
+
+
+def select_targets(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's and the teacher's logits at ``positions``, both ``(N, V)``, row for row.
+
+    Args:
+        student_logits: ``(B, T, V)`` dense, or ``(N, V)`` already restricted to ``positions`` (row-major order).
+        teacher_logits: ``(B, T, V)`` dense.
+        positions: ``(B, T)`` bool.
+
+    Raises:
+        ValueError: the shapes do not fit ``positions``.
+
+    Example::
+        s, t = select_targets(student.logits, teacher.logits, labels != -100)
+    """
+    positions = positions.to(device=teacher_logits.device, dtype=torch.bool)
+    if teacher_logits.dim() != 3 or teacher_logits.shape[:2] != positions.shape:
+        raise ValueError(
+            f"distillation: teacher logits {tuple(teacher_logits.shape)} do not cover the target positions "
+            f"{tuple(positions.shape)}; the teacher must see the student's inputs."
+        )
+    teacher = teacher_logits[positions]  # (N, V)
+    if student_logits.dim() == 3 and student_logits.shape[:2] == positions.shape:
+        return student_logits[positions], teacher
+    if student_logits.dim() == 2 and student_logits.shape[0] == teacher.shape[0]:
+        return student_logits, teacher
+    raise ValueError(
+        f"distillation: student logits {tuple(student_logits.shape)} match neither the {tuple(positions.shape)} "
+        f"positions nor their {teacher.shape[0]} targets; mark_distillation_targets must describe the logits the "
+        "student returned."
+    )
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
     temperature: float = 2.0,
     mask: torch.Tensor | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over examples (or unmasked tokens).
 
@@ -91,6 +175,7 @@ def kd_loss(
         teacher_logits: same shape as the student's.
         temperature: softening temperature ``T`` > 0.
         mask: optional ``(B, L)`` bool / 0-1 mask of token positions to include.
+        reduction: ``"mean"`` over the rows (or unmasked tokens), or their ``"sum"``.
 
     Raises:
         ValueError: shapes differ (a teacher with another vocabulary or label set).
@@ -109,8 +194,11 @@ def kd_loss(
     per_row = F.kl_div(s, t, log_target=True, reduction="none").sum(-1)  # (N,)
     if mask is not None:
         weights = mask.reshape(-1).to(per_row.dtype)
-        return (per_row * weights).sum() / weights.sum().clamp(min=1.0) * temperature**2
-    return per_row.mean() * temperature**2
+        per_row = per_row * weights
+        if reduction == "sum":
+            return per_row.sum() * temperature**2
+        return per_row.sum() / weights.sum().clamp(min=1.0) * temperature**2
+    return (per_row.sum() if reduction == "sum" else per_row.mean()) * temperature**2
 
 
 def hidden_state_loss(

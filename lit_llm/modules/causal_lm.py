@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from typing_extensions import override
 
+from lit_llm.distillation import mark_distillation_targets
 from lit_llm.masking import IGNORE_INDEX
 from lit_llm.modules.masked_lm import LanguageModelBase
 from lit_llm.token_loss import causal_targets, token_cross_entropy
@@ -102,6 +103,9 @@ class CausalLanguageModel(LanguageModelBase):
         logits, targets = causal_targets(logits, labels)  # (B, T-1, V), (B, T-1)
         loss_sum, count = token_cross_entropy(logits, targets)
         valid = targets != IGNORE_INDEX
+        # Position t of the logits predicts token t + 1: the last position has no target.
+        reduction = "sum" if self.exact_token_loss else "mean"
+        mark_distillation_targets(self, torch.nn.functional.pad(valid, (0, 1)), reduction)
         correct = (logits.detach().argmax(-1)[valid] == targets[valid]).sum()
         return loss_sum, count, correct, None
 

@@ -12,6 +12,7 @@ from torchmetrics import SumMetric
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, PreTrainedTokenizerBase
 from typing_extensions import override
 
+from lit_llm.distillation import mark_distillation_targets
 from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer
 from lit_llm.modules.best_checkpoint import export_best, output_dir
 from lit_llm.masking import mask_tokens
@@ -351,6 +352,7 @@ class MaskedLanguageModel(LanguageModelBase):
         if "token_type_ids" in batch:
             inputs["token_type_ids"] = batch["token_type_ids"]
         target = labels != -100  # (B, T)
+        mark_distillation_targets(self, target, "sum" if self.exact_token_loss else "mean")  # DistilBERT: masked only
         head = self._head_module()
         if head is not None:
             # Feed the head only the target positions: (B, T, H) -> (N, H), so logits are (N, V).

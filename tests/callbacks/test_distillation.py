@@ -1,4 +1,4 @@
-"""The DistillationTeacher callback on a user's own LightningModule (the one-line contract)."""
+"""The DistillationTeacher callback on a user's own LightningModule that calls apply_training_objectives itself."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from compression_helpers import UserClassifier, loader, tiny_config, trainer
 from transformers import BertForSequenceClassification
 
 from lit_llm.callbacks import DistillationTeacher
-from lit_llm.distillation import kd_loss
 
 
 @pytest.fixture()
@@ -51,25 +50,6 @@ def test_alpha_one_trains_on_the_kd_loss_only_and_teacher_stays_out(tmp_path, te
     ckpt = torch.load(tmp_path / "student.ckpt", weights_only=True)
     n_student = sum(v.numel() for v in model.state_dict().values())
     assert sum(v.numel() for v in ckpt["state_dict"].values()) == n_student  # no teacher weights saved
-
-
-def test_alpha_mixes_kd_and_task_loss(tmp_path, teacher_dir):
-    teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
-    batch = next(iter(loader()))
-    model = UserClassifier()
-    with torch.no_grad():
-        s = model.model(**batch)
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        expected = 0.3 * kd_loss(s.logits, teacher(**inputs).logits, 3.0)
-        expected = expected + 0.7 * s.loss
-    cb = DistillationTeacher(teacher=str(teacher_dir), temperature=3.0, alpha=0.3)
-    t = trainer(tmp_path, [cb], max_steps=1)
-    cb.setup(t, model, "fit")
-    cb.on_fit_start(t, model)
-    cb.on_train_batch_start(t, model, batch, 0)
-    out = model.model(**batch)
-    loss = cb(model, batch, out, out.loss)
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_hidden_state_distillation_learns_a_projection(tmp_path, teacher_dir):
@@ -116,11 +96,11 @@ def test_teacher_path_that_does_not_exist(tmp_path):
 def test_teacher_checkpoint_that_is_not_a_model(tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(ValueError, match=r"could not be read as a torch checkpoint"):
+    with pytest.raises(ValueError, match=r"teacher checkpoint: .*garbage.ckpt is not a readable checkpoint"):
         _fit_with(tmp_path, garbage)
     evil = tmp_path / "evil.ckpt"
     torch.save({"payload": pickle.PicklingError("x")}, evil)  # a global that weights_only=True refuses
-    with pytest.raises(ValueError, match=r"not a plain model checkpoint.*weights_only=True"):
+    with pytest.raises(ValueError, match=r"needs the unsafe globals .*weights_only=True and never unpickles code"):
         _fit_with(tmp_path, evil)
     empty = tmp_path / "empty.ckpt"
     torch.save({"epoch": 3}, empty)

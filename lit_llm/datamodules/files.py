@@ -7,9 +7,15 @@ and memory-mapped like any HF dataset.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bz2
+import csv
+import gzip
+import io
+import json
+import lzma
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import datasets
 
@@ -19,6 +25,7 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "DataFileError",
     "check_utf8",
+    "first_bad_line",
     "load_table",
     "require_columns",
     "row_location",
@@ -68,6 +75,91 @@ def check_utf8(path: Path) -> None:
         ) from None
 
 
+_OPENERS: dict[str, Any] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _open_text(path: Path) -> IO[str] | None:
+    """The file as text, decompressed if needed; None for a compression we do not read ourselves (.zst)."""
+    opener = _OPENERS.get(path.suffix.lower())
+    if opener is not None:
+        return io.TextIOWrapper(opener(path, "rb"), encoding="utf-8", errors="replace", newline="")
+    if path.suffix.lower() == ".zst":
+        return None
+    return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")
+
+
+def _bad_csv_line(lines: Iterator[str], delimiter: str) -> str | None:
+    reader = csv.reader(lines, delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        return None
+    for row in reader:
+        # Fewer fields are read as missing values (the column checks report them); more fields break the reader.
+        if len(row) > len(header):
+            shown = "\\t" if delimiter == "\t" else delimiter
+            return (
+                f"line {reader.line_num} has {len(row)} fields, the header (line 1) has {len(header)} "
+                f"(an unquoted delimiter? quote fields that contain {shown!r}, e.g. \"a{shown} b\")"
+            )
+    return None
+
+
+def _bad_json_line(lines: Iterator[str]) -> str | None:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as err:
+            return f"line {number} is not valid JSON ({err.msg} at column {err.colno})"
+        if not isinstance(value, dict):
+            return f"line {number} is a JSON {_json_kind(value)}, not an object with one field per column"
+    return None
+
+
+def first_bad_line(path: str | Path) -> str | None:
+    """What is wrong with the first line of a CSV / TSV / JSONL file that its reader cannot parse, or None.
+
+    A row with more fields than the header, a JSONL line that is not valid JSON or not an object. A ``.json``
+    file that is one JSON document (an array of records) is checked as a whole. Used to explain a reader's error
+    (``datasets`` says only "An error occurred while generating the dataset").
+
+    Example::
+        first_bad_line("train.csv")  # 'line 7 has 3 fields, the header (line 1) has 2 (...)'
+    """
+    path = Path(path)
+    ext = _extension(path)
+    if ext not in (".csv", ".tsv", ".json", ".jsonl"):
+        return None
+    stream = _open_text(path)
+    if stream is None:
+        return None
+    with stream:
+        if ext in (".csv", ".tsv"):
+            return _bad_csv_line(stream, "\t" if ext == ".tsv" else ",")
+        if ext == ".json":
+            text = stream.read()
+            try:
+                json.loads(text)
+                return None  # one valid JSON document
+            except json.JSONDecodeError as err:
+                document_error = f"line {err.lineno} is not valid JSON ({err.msg} at column {err.colno})"
+            lines = text.splitlines()
+            first = next((line for line in lines if line.strip()), "")
+            if first.lstrip().startswith("["):
+                return document_error  # an array of records, broken somewhere inside
+            try:
+                json.loads(first)
+            except json.JSONDecodeError:
+                return document_error  # one document spread over lines
+            return _bad_json_line(iter(lines))  # JSON lines in a .json file
+        return _bad_json_line(stream)
+
+
 def load_table(path: str | Path, split_name: str) -> datasets.Dataset:
     """Load one local file as a ``datasets.Dataset`` after checking it exists, its format and its encoding.
 
@@ -97,7 +189,11 @@ def load_table(path: str | Path, split_name: str) -> datasets.Dataset:
             raise DataFileError(
                 f"{split_name} file {str(path)!r} has no rows; give a file with at least one example."
             ) from None
-        raise DataFileError(f"{split_name} file {str(path)!r} could not be read as {ext[1:]}: {err}") from err
+        where = first_bad_line(path)
+        raise DataFileError(
+            f"{split_name} file {str(path)!r} could not be read as {ext[1:]}: "
+            + (f"{where}. Fix that line (and any like it) and run again." if where else str(err))
+        ) from err
     if len(dataset) == 0:
         raise DataFileError(f"{split_name} file {str(path)!r} has no rows; give a file with at least one example.")
     return dataset

@@ -3,8 +3,10 @@
 Method card: the tensor-decomposition family (Denton et al. 2014; for transformers e.g. Noach & Goldberg 2020).
 Each eligible Linear becomes :class:`LowRankLinear` (two thin matmuls), which is smaller and faster only when
 ``r * (in + out) < in * out``; layers where it would not be are left alone. Apply before fine-tuning so the
-network recovers from the truncation. :func:`merge_low_rank` multiplies the factors back into plain Linear
-layers (same function, rank-limited weights) for an HF-loadable export.
+network recovers from the truncation. :func:`lit_llm.compressed_models.save_low_rank` /
+:func:`~lit_llm.compressed_models.load_low_rank` save and reload the factorized model as it is (the saving kept);
+:func:`merge_low_rank` multiplies the factors back into plain Linear layers (same function, rank-limited weights,
+no saving) when a plain ``from_pretrained`` directory is needed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(self.a(x))  # (..., in) -> (..., r) -> (..., out)
+
+    @property
+    def has_bias(self) -> bool:
+        """Whether ``B`` carries the original layer's bias."""
+        return self.b.bias is not None
 
     @property
     def weight(self) -> torch.Tensor:

@@ -37,6 +37,7 @@ __all__ = [
     "find_target_linears",
     "magnitude_masks",
     "measure_sparsity",
+    "resize_structured",
     "shrink_structured",
     "structured_masks",
 ]
@@ -390,8 +391,8 @@ def shrink_structured(model: nn.Module) -> dict[str, int]:
 
     A head or neuron whose columns in the output projection are zero contributes nothing, whatever its other
     weights, so removing it is exact. Updates each attention module's ``num_attention_heads`` / ``all_head_size``.
-    Heads may differ per block afterwards, which HF configs cannot express: keep the shrunk model in memory
-    (or ``torch.save`` it) for inference, and export the unshrunk, zero-masked model as the HF checkpoint.
+    Heads may differ per block afterwards, which HF configs cannot express: to save and reload a shrunk model use
+    :func:`lit_llm.compressed_models.save_pruned` / :func:`~lit_llm.compressed_models.load_pruned`.
 
     Returns:
         ``{"heads_removed": ..., "neurons_removed": ...}``.
@@ -408,23 +409,67 @@ def shrink_structured(model: nn.Module) -> dict[str, int]:
         if not alive.any():
             alive[0] = True  # attention with zero heads cannot run; one dead head adds only its bias (zero)
         if not alive.all():
-            idx = torch.nonzero(alive.repeat_interleave(u.head_size)).flatten()
-            for n in u.qkv:
-                _replace(model, n, _slice_linear(mods[n], idx, dim=0))
-            _replace(model, u.attn_out, _slice_linear(out, idx, dim=1))
-            attn = mods[u.qkv[0].rsplit(".", 1)[0]]
-            attn.num_attention_heads = int(alive.sum())
-            attn.all_head_size = attn.num_attention_heads * u.head_size
+            _keep_heads(model, mods, u, alive)
             removed["heads_removed"] += int((~alive).sum())
-        ffn_out = mods[u.ffn_out]
-        alive_n = ffn_out.weight.ne(0).any(dim=0)  # (intermediate,)
+        alive_n = mods[u.ffn_out].weight.ne(0).any(dim=0)  # (intermediate,)
+        if not alive_n.any():
+            alive_n[0] = True
         if not alive_n.all():
-            alive_n[0] = alive_n[0] or not alive_n.any()
-            idx = torch.nonzero(alive_n).flatten()
-            _replace(model, u.ffn_in, _slice_linear(mods[u.ffn_in], idx, dim=0))
-            _replace(model, u.ffn_out, _slice_linear(ffn_out, idx, dim=1))
+            _keep_neurons(model, mods, u, alive_n)
             removed["neurons_removed"] += int((~alive_n).sum())
     return removed
+
+
+@torch.no_grad()
+def resize_structured(model: nn.Module, widths: dict[str, tuple[int, int]]) -> None:
+    """Give blocks the given number of heads and FFN width, keeping the first ones (the shapes, not the values).
+
+    The loader's half of :func:`shrink_structured`: a model built from its (full-width) config is resized to the
+    widths a shrunk model had, then the shrunk weights are loaded into it.
+
+    Args:
+        model: a BERT-family model (see :func:`find_structured_units`).
+        widths: ``{block name: (num_attention_heads, intermediate_size)}``; blocks not named keep their size.
+
+    Raises:
+        KeyError: a block name that is not a block of ``model``.
+        ValueError: more heads or neurons than the block has, or fewer than one.
+
+    Example::
+        resize_structured(model, {"bert.encoder.layer.0": (2, 20)})
+    """
+    mods = dict(model.named_modules())
+    units = {u.block: u for u in find_structured_units(model)}
+    for block, (heads, intermediate) in widths.items():
+        if block not in units:
+            raise KeyError(f"{block!r} is not a transformer block of {type(model).__name__}; blocks: {list(units)}")
+        u = units[block]
+        width = mods[u.ffn_in].out_features
+        if not 1 <= heads <= u.num_heads or not 1 <= intermediate <= width:
+            raise ValueError(
+                f"{block}: {heads} heads / FFN width {intermediate} do not fit a block of {u.num_heads} heads / "
+                f"width {width} (each must be in 1..the block's size)"
+            )
+        if heads < u.num_heads:
+            _keep_heads(model, mods, u, torch.arange(u.num_heads) < heads)
+        if intermediate < width:
+            _keep_neurons(model, mods, u, torch.arange(width) < intermediate)
+
+
+def _keep_heads(model: nn.Module, mods: dict[str, nn.Module], u: StructuredUnit, alive: torch.Tensor) -> None:
+    idx = torch.nonzero(alive.repeat_interleave(u.head_size)).flatten()  # rows of q/k/v, columns of attn_out
+    for n in u.qkv:
+        _replace(model, n, _slice_linear(mods[n], idx, dim=0))
+    _replace(model, u.attn_out, _slice_linear(mods[u.attn_out], idx, dim=1))
+    attn = mods[u.qkv[0].rsplit(".", 1)[0]]
+    attn.num_attention_heads = int(alive.sum())
+    attn.all_head_size = attn.num_attention_heads * u.head_size
+
+
+def _keep_neurons(model: nn.Module, mods: dict[str, nn.Module], u: StructuredUnit, alive: torch.Tensor) -> None:
+    idx = torch.nonzero(alive).flatten()
+    _replace(model, u.ffn_in, _slice_linear(mods[u.ffn_in], idx, dim=0))
+    _replace(model, u.ffn_out, _slice_linear(mods[u.ffn_out], idx, dim=1))
 
 
 def _slice_linear(linear: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:

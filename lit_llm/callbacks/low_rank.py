@@ -12,6 +12,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from lit_llm.compressed_models import (
+    LOW_RANK_MANIFEST,
+    artifact_stats,
+    check_artifact_dir,
+    full_state_dict,
+    hf_model_of,
+    module_tokenizer,
+    save_low_rank,
+)
 from lit_llm.compression_report import first_batch, measure, task_model, update_report
 from lit_llm.low_rank import LowRankLinear, factorize_model
 
@@ -28,18 +37,35 @@ class LowRankFactorization(Callback):
     and 32 on the first training batch).
 
     Works on any LightningModule (layers selected by name among the module's own). Checkpoints and the HF
-    export hold the factorized layers (``...query.a.weight`` / ``...query.b.weight``); to get an HF-loadable
-    dense model call :func:`lit_llm.low_rank.merge_low_rank` on it first.
+    export hold the factorized layers (``...query.a.weight`` / ``...query.b.weight``), which ``from_pretrained``
+    cannot rebuild. So at the end of a successful fit (``artifact=True``) the factorized model is written to
+    ``artifact_dir`` (default ``<trainer.default_root_dir>/export-low-rank``) by
+    :func:`lit_llm.compressed_models.save_low_rank`: the factors as they are (not merged back, so the files keep
+    the saving), ``lit_llm_low_rank.json`` with each factorized Linear's shape and rank, ``model.onnx`` and the
+    module's tokenizer. Load it with :func:`lit_llm.compressed_models.load_low_rank`, or serve ``model.onnx``
+    with onnxruntime. It is written in ``teardown``, after every ``on_fit_end`` hook (ours restore the best
+    checkpoint there), so it holds the weights the module ends the fit with. A non-empty directory is refused
+    at fit start.
+
+    Contract with the module for the artifact: ``getattr(pl_module, model_attr)`` is the transformers model
+    (``PreTrainedModel``), checked at fit start; ``pl_module.tokenizer``, if it is a transformers tokenizer, is
+    saved with it.
 
     Args:
         rank: singular values kept per layer, or
         energy: fraction of squared singular values kept per layer, in (0, 1] (the rank then varies by layer).
         patterns: regexes of Linear layer names; default: the Linear layers inside the transformer blocks.
         report: add the report sections.
+        artifact: write the factorized-model artifact at fit end.
+        artifact_dir: where; None = ``<trainer.default_root_dir>/export-low-rank``. Must be new or empty.
+        model_attr: attribute of the LightningModule that holds the HF model to write.
+        onnx: also write ``model.onnx`` into the artifact.
 
     Raises:
         ValueError: neither or both of rank / energy, a rank < 1, an energy outside (0, 1]; in ``setup``, patterns
             matching no Linear layer.
+        FileExistsError: at fit start, ``artifact_dir`` already holds files.
+        AttributeError: at fit start, ``artifact=True`` and the module has no HF model at ``model_attr``.
 
     Example::
         trainer = Trainer(callbacks=[LowRankFactorization(energy=0.9)])
@@ -51,6 +77,10 @@ class LowRankFactorization(Callback):
         energy: float | None = None,
         patterns: list[str] | None = None,
         report: bool = True,
+        artifact: bool = True,
+        artifact_dir: str | None = None,
+        model_attr: str = "model",
+        onnx: bool = True,
     ) -> None:
         if (rank is None) == (energy is None):
             raise ValueError(
@@ -64,6 +94,11 @@ class LowRankFactorization(Callback):
         self.energy = energy
         self.patterns = patterns
         self.report = report
+        self.artifact = artifact
+        self.artifact_dir = artifact_dir
+        self.model_attr = model_attr
+        self.onnx = onnx
+        self.artifact_path: Path | None = None  # where the artifact was written, once it was
         self.ranks: dict[str, int] = {}
         self._dense: nn.Module | None = None
 
@@ -89,9 +124,46 @@ class LowRankFactorization(Callback):
         pl_module.configure_model = configure_model  # type: ignore[method-assign]
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.artifact:  # fail now, not after the training
+            hf_model_of(pl_module, self.model_attr, "LowRankFactorization")
+            check_artifact_dir(self._artifact_target(trainer), "LowRankFactorization")
+
+    def _artifact_target(self, trainer: pl.Trainer) -> Path:
+        return Path(self.artifact_dir) if self.artifact_dir else Path(trainer.default_root_dir) / "export-low-rank"
+
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and "configure_model" in pl_module.__dict__:
+        if stage != "fit":
+            return
+        if "configure_model" in pl_module.__dict__:
             del pl_module.configure_model
+        if self.artifact:
+            self._write_artifact(trainer, pl_module)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # teardown is not called after a failed fit: unwrap configure_model here too.
+        if "configure_model" in pl_module.__dict__:
+            del pl_module.configure_model
+
+    def _write_artifact(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning calls teardown only after a fit that ended normally, and after the module's on_fit_end (where
+        # our modules restore the best checkpoint): the artifact holds the weights the module ends with.
+        model = hf_model_of(pl_module, self.model_attr, "LowRankFactorization")
+        sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
+        state = full_state_dict(model) if sharded else None  # FSDP2: a collective, every rank gathers
+        if not trainer.is_global_zero:
+            return
+        target = check_artifact_dir(self._artifact_target(trainer), "LowRankFactorization")
+        self.artifact_path = save_low_rank(model, target, module_tokenizer(pl_module), self.onnx, state_dict=state)
+        stats = artifact_stats(self.artifact_path, LOW_RANK_MANIFEST)
+        rank_zero_info(
+            f"LowRankFactorization: wrote the factorized model to {self.artifact_path} ({stats['parameters']:,} "
+            f"parameters, dense {stats['dense_parameters']:,}); load it with lit_llm.compressed_models.load_low_rank."
+        )
+        if self.report:
+            update_report(Path(trainer.default_root_dir), "low_rank_artifact", stats, trainer)
 
     def _factorize(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if any(isinstance(m, LowRankLinear) for m in pl_module.modules()):

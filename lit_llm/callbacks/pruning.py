@@ -11,6 +11,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lit_llm.compressed_models import (
+    PRUNING_MANIFEST,
+    artifact_stats,
+    check_artifact_dir,
+    full_state_dict,
+    hf_model_of,
+    module_tokenizer,
+    save_pruned,
+)
 from lit_llm.compression_report import first_batch, measure, task_model, update_report
 from lit_llm.pruning import (
     Masks,
@@ -45,6 +54,19 @@ class Pruning(Callback):
     faster. The weights are always plain tensors (no ``weight_orig`` parametrization), so the checkpoint and
     the exported HF model are a plain model.
 
+    At the end of a successful fit (``artifact=True``) the pruned model is written to ``artifact_dir`` (default
+    ``<trainer.default_root_dir>/export-pruned``) by :func:`lit_llm.compressed_models.save_pruned`: zeroed heads and
+    FFN neurons sliced away so the files are really smaller, ``lit_llm_pruning.json`` with each block's widths,
+    ``model.onnx`` and the module's tokenizer; load it with :func:`lit_llm.compressed_models.load_pruned` or serve
+    ``model.onnx`` with onnxruntime (unstructured pruning: the same directory, dense with the zeros kept, which
+    ``from_pretrained`` also loads). It is written in ``teardown``, after every ``on_fit_end`` hook, so it holds
+    the weights the module ends the fit with (ours restore the best checkpoint in their ``on_fit_end``); the
+    module itself stays unshrunk until test / predict. A non-empty directory is refused at fit start.
+
+    Contract with the module for the artifact: ``getattr(pl_module, model_attr)`` is the transformers model
+    (``PreTrainedModel``), checked at fit start; ``pl_module.tokenizer``, if it is a transformers tokenizer, is
+    saved with it.
+
     Works on any LightningModule: it prunes the module's own parameters, selected by name pattern.
     Under DDP every rank computes the same masks from the same weights; under FSDP2 (``ModelParallelStrategy``)
     scores are gathered to rank-wide full tensors and each rank writes its own shard.
@@ -62,10 +84,16 @@ class Pruning(Callback):
             never embeddings or the task head.
         shrink: structured modes only: slice pruned heads / neurons away before test and predict.
         report: add a ``pruning`` section to the run's compression report at fit end.
+        artifact: write the pruned-model artifact at fit end.
+        artifact_dir: where; None = ``<trainer.default_root_dir>/export-pruned``. Must be new or empty.
+        model_attr: attribute of the LightningModule that holds the HF model to write.
+        onnx: also write ``model.onnx`` into the artifact.
 
     Raises:
         ValueError: an amount outside [0, 1), ``end_step < start_step``, ``frequency < 1``, an unknown mode or
             scope; at fit start, a pattern that matches no Linear layer or a structured mode on a non-BERT model.
+        FileExistsError: at fit start, ``artifact_dir`` already holds files.
+        AttributeError: at fit start, ``artifact=True`` and the module has no HF model at ``model_attr``.
 
     Example::
         trainer = Trainer(max_steps=1000, callbacks=[Pruning(amount=0.8, start_step=100, end_step=700)])
@@ -82,6 +110,10 @@ class Pruning(Callback):
         patterns: list[str] | None = None,
         shrink: bool = True,
         report: bool = True,
+        artifact: bool = True,
+        artifact_dir: str | None = None,
+        model_attr: str = "model",
+        onnx: bool = True,
     ) -> None:
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 <= amount < 1.0:
             raise ValueError(f"Pruning(amount={amount!r}): must be in [0, 1), e.g. 0.5 for 50% sparsity.")
@@ -108,6 +140,11 @@ class Pruning(Callback):
         self.patterns = patterns
         self.shrink = shrink
         self.report = report
+        self.artifact = artifact
+        self.artifact_dir = artifact_dir
+        self.model_attr = model_attr
+        self.onnx = onnx
+        self.artifact_path: Path | None = None  # where the artifact was written, once it was
         self.masks: Masks = {}
         self.final_masks: Masks = {}  # the masks in force at fit end, kept for inspection
         self.current_amount = 0.0
@@ -130,6 +167,33 @@ class Pruning(Callback):
             find_target_linears(pl_module, self.patterns)
         else:
             find_structured_units(pl_module)
+        if self.artifact:  # fail now, not after the training
+            hf_model_of(pl_module, self.model_attr, "Pruning")
+            check_artifact_dir(self._artifact_target(trainer), "Pruning")
+
+    def _artifact_target(self, trainer: pl.Trainer) -> Path:
+        return Path(self.artifact_dir) if self.artifact_dir else Path(trainer.default_root_dir) / "export-pruned"
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Lightning calls teardown only after a fit that ended normally, and after the module's on_fit_end (where
+        # our modules restore the best checkpoint): the artifact holds the weights the module ends with.
+        if stage != "fit" or not self.artifact:
+            return
+        model = hf_model_of(pl_module, self.model_attr, "Pruning")
+        sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
+        state = full_state_dict(model) if sharded else None  # FSDP2: a collective, every rank gathers
+        if not trainer.is_global_zero:
+            return
+        target = check_artifact_dir(self._artifact_target(trainer), "Pruning")
+        self.artifact_path = save_pruned(model, target, module_tokenizer(pl_module), self.onnx, state_dict=state)
+        stats = artifact_stats(self.artifact_path, PRUNING_MANIFEST)
+        rank_zero_info(
+            f"Pruning: wrote the pruned model to {self.artifact_path} ({stats['parameters']:,} parameters, "
+            f"dense {stats['dense_parameters']:,}); load it with lit_llm.compressed_models.load_pruned."
+        )
+        if self.report:
+            update_report(Path(trainer.default_root_dir), "pruning_artifact", stats, trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

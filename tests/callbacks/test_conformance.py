@@ -39,11 +39,11 @@ init_args: {peak_flops: 1.0e9, window_size: 2}
 """),
     ("pruning", """
 class_path: lit_llm.callbacks.Pruning
-init_args: {amount: 0.5, start_step: 0, end_step: 3, frequency: 1, report: false}
+init_args: {amount: 0.5, start_step: 0, end_step: 3, frequency: 1, report: false, artifact: false}
 """),
     ("low_rank", """
 class_path: lit_llm.callbacks.LowRankFactorization
-init_args: {rank: 4, report: false}
+init_args: {rank: 4, report: false, artifact: false}
 """),
 ]
 

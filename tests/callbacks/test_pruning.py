@@ -1,14 +1,20 @@
-"""The Pruning callback: schedule under Adam, measured sparsity, resume, structured shrink, DDP."""
+"""The Pruning callback: schedule under Adam, measured sparsity, resume, structured shrink, DDP, the artifact."""
 
 from __future__ import annotations
 
+import json
+
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
-from compression_helpers import UserClassifier, loader, trainer
+from artifact_helpers import example_inputs, in_memory_logits, load_in_fresh_process, onnx_logits_in_fresh_process
+from compression_helpers import UserClassifier, loader, tiny_config, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from lit_llm.callbacks import Pruning
+from lit_llm.compressed_models import load_pruned
 from lit_llm.pruning import measure_sparsity
 
 
@@ -48,7 +54,7 @@ def test_sparsity_follows_the_cubic_schedule(tmp_path):
 
 def test_masks_survive_checkpoint_and_resume(tmp_path):
     def run(max_steps, ckpt=None, root=tmp_path / "a"):
-        cb = Pruning(amount=0.6, start_step=1, end_step=6, frequency=2)
+        cb = Pruning(amount=0.6, start_step=1, end_step=6, frequency=2, artifact=False)  # fits twice in one root
         ck = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=3)
         t = trainer(root, [cb, ck], max_steps=max_steps, enable_checkpointing=True)
         model = UserClassifier()
@@ -152,3 +158,119 @@ def test_fsdp2_sharded_parameters_two_processes(tmp_path):
         assert r["is_dtensor"] and r["local_rows"] == 16  # the 32-row output projection, one half per rank
         assert r["zeros"] == round(0.5 * r["total"])  # exact over the whole (gathered) weights
         assert r["logged"] == pytest.approx(r["zeros"] / r["total"])  # logged sparsity summed over shards
+
+
+# ------------------------------------------------------------------------------------------------ the artifact
+def test_structured_artifact_is_smaller_and_loads_in_a_fresh_process(tmp_path):
+    cb = Pruning(amount=0.5, mode="heads_and_neurons", start_step=0, end_step=2, frequency=1)
+    model = UserClassifier()
+    trainer(tmp_path, [cb], max_steps=3).fit(model, loader())
+    artifact = tmp_path / "export-pruned"  # the default: <default_root_dir>/export-pruned
+    assert cb.artifact_path == artifact
+    assert model.model.bert.encoder.layer[0].attention.self.query.out_features == 32  # the module is not shrunk
+    inputs = example_inputs()
+    expected = in_memory_logits(model.model, inputs)
+
+    loaded = load_in_fresh_process("load_pruned", artifact, inputs, tmp_path)
+    np.testing.assert_allclose(loaded["logits"], expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(onnx_logits_in_fresh_process(artifact, inputs, tmp_path), expected, atol=1e-4, rtol=0)
+
+    manifest = json.loads((artifact / "lit_llm_pruning.json").read_text())
+    for block, widths in manifest["layers"].items():  # every block has the shapes its manifest entry records
+        assert loaded["shapes"][f"{block}.attention.self.query.weight"] == [widths["num_attention_heads"] * 8, 32]
+        assert loaded["shapes"][f"{block}.attention.output.dense.weight"] == [32, widths["num_attention_heads"] * 8]
+        assert loaded["shapes"][f"{block}.intermediate.dense.weight"] == [widths["intermediate_size"], 32]
+    assert sum(w["num_attention_heads"] for w in manifest["layers"].values()) == 4  # 2 blocks x 4 heads, 50% gone
+    assert sum(w["intermediate_size"] for w in manifest["layers"].values()) == 40  # 2 x 40 neurons, 50% gone
+    dense = BertForSequenceClassification(tiny_config())
+    assert loaded["parameters"] == manifest["parameters"] < sum(p.numel() for p in dense.parameters())
+    dense.save_pretrained(tmp_path / "dense")
+    dense_bytes = (tmp_path / "dense" / "model.safetensors").stat().st_size
+    assert (artifact / "model.safetensors").stat().st_size < 0.8 * dense_bytes
+    report = json.loads((tmp_path / "compression_report.json").read_text())["sections"]["pruning_artifact"]
+    assert report["parameters"] == manifest["parameters"] and report["onnx_bytes"] > 0
+
+
+def test_artifact_holds_the_weights_our_module_restores_at_fit_end(tmp_path, tiny_tokenizer_dir, tiny_tokenizer,
+                                                                   sentiment_csvs):
+    from lit_llm.datamodules import TextClassificationDataModule
+    from lit_llm.modules import SequenceClassifier
+
+    class LastWeights(pl.Callback):  # the weights at the last step, before the module restores the best checkpoint
+        def on_train_end(self, trainer, pl_module):
+            self.state = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+
+    config = dict(model_type="bert", vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=40, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0)
+    model = SequenceClassifier(config, tokenizer=str(tiny_tokenizer_dir))
+    data = TextClassificationDataModule(str(tiny_tokenizer_dir), train_file=str(sentiment_csvs["train"]),
+                                        test_file=str(sentiment_csvs["test"]), batch_size=16)
+    pruning = Pruning(amount=0.5, mode="heads", start_step=0, end_step=1, frequency=1)
+    # the one checkpoint is at step 2 (so it is the "best"), training goes on to step 3
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=1)
+    last = LastWeights()
+    t = trainer(tmp_path, [pruning, last, best], max_steps=3, enable_checkpointing=True)
+    t.fit(model, datamodule=data)
+    assert best.best_model_path.endswith("step=2.ckpt")
+
+    inputs = tiny_tokenizer(["a good film", "the plot was dull and boring"], padding=True, return_tensors="pt")
+    inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    restored = in_memory_logits(model.model, inputs)
+    artifact = load_pruned(tmp_path / "export-pruned")
+    assert (artifact.config.architectures, artifact.config.id2label) == (["BertForSequenceClassification"],
+                                                                        model.model.config.id2label)
+    np.testing.assert_allclose(in_memory_logits(artifact, inputs), restored, atol=1e-4, rtol=0)
+    final = BertForSequenceClassification(model.model.config)
+    final.load_state_dict(last.state)
+    assert np.abs(in_memory_logits(final, inputs) - restored).max() > 1e-3  # restoring changed the model
+    assert (tmp_path / "export-pruned" / "tokenizer_config.json").is_file()  # the module's tokenizer came along
+
+    # the module's own HF export keeps the zeroed heads at full size; the in-memory model too until test
+    exported = AutoModelForSequenceClassification.from_pretrained(model.export_path)
+    keys = [k for k in pruning.final_masks if k.endswith("weight")]  # names in the LightningModule: model.bert...
+    zeros = measure_sparsity(exported, [k.removeprefix("model.") for k in keys])
+    assert zeros == measure_sparsity(model, keys) and zeros[0] > 0
+    t.test(model, datamodule=data)  # Pruning shrinks the module before test: then it equals the artifact in shape
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in artifact.state_dict().items()}
+    np.testing.assert_allclose(in_memory_logits(model.model, inputs), restored, atol=1e-4, rtol=0)
+
+
+def test_unstructured_artifact_keeps_the_mask(tmp_path):
+    cb = Pruning(amount=0.6, start_step=0, end_step=2, frequency=1, onnx=False)
+    model = UserClassifier()
+    trainer(tmp_path, [cb], max_steps=3).fit(model, loader())
+    keys = [k.removeprefix("model.") for k in cb.final_masks if k.endswith("weight")]
+    in_memory = measure_sparsity(model.model, keys)
+    assert in_memory[0] == round(0.6 * in_memory[1])
+    # a plain HF directory (the zeros are the compression): from_pretrained and our loader give the same zeros
+    for reloaded in (AutoModelForSequenceClassification.from_pretrained(tmp_path / "export-pruned"),
+                     load_pruned(tmp_path / "export-pruned")):
+        assert measure_sparsity(reloaded, keys) == in_memory
+        params = dict(reloaded.named_parameters())
+        for key, mask in cb.final_masks.items():
+            assert torch.all(params[key.removeprefix("model.")][~mask] == 0)
+    assert not (tmp_path / "export-pruned" / "model.onnx").exists()  # onnx=False
+
+
+def test_artifact_directory_that_holds_files_is_refused_before_training(tmp_path):
+    (tmp_path / "export-pruned").mkdir()
+    (tmp_path / "export-pruned" / "config.json").write_text("{}")
+    t = trainer(tmp_path, [Pruning(amount=0.5)])
+    with pytest.raises(FileExistsError, match=r"Pruning: artifact directory .*export-pruned' already holds files"):
+        t.fit(UserClassifier(), loader())
+    assert t.global_step == 0 and (tmp_path / "export-pruned" / "config.json").read_text() == "{}"
+    other = tmp_path / "elsewhere"
+    trainer(tmp_path, [Pruning(amount=0.5, artifact_dir=str(other), onnx=False)], max_steps=1).fit(
+        UserClassifier(), loader())
+    assert (other / "lit_llm_pruning.json").is_file()  # artifact_dir= is the way out
+
+
+def test_module_without_the_hf_model_attribute_is_refused_before_training(tmp_path):
+    t = trainer(tmp_path, [Pruning(amount=0.5, model_attr="net")])
+    with pytest.raises(AttributeError, match=r"Pruning: .*UserClassifier\.net, which holds nothing.*model_attr="):
+        t.fit(UserClassifier(), loader())
+    assert t.global_step == 0
+    trainer(tmp_path, [Pruning(amount=0.5, artifact=False)], max_steps=1).fit(UserClassifier(), loader())
+    assert not (tmp_path / "export-pruned").exists()  # artifact=False turns it off

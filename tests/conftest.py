@@ -136,24 +136,3 @@ def _restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_pyfunc_call(pyfuncitem):
-    """Run a test once more when a ddp_spawn worker aborted (SIGABRT, "terminate called without an active
-    exception") while its interpreter shut down. Seen in CI in different two-process tests after fit had ended;
-    the cause in the worker's teardown is not found. Any other failure, and a second abort, still fail the test."""
-    from torch.multiprocessing.spawn import ProcessExitedException
-
-    try:
-        return (yield)
-    except ProcessExitedException as err:
-        if err.signal_name != "SIGABRT":
-            raise
-        import warnings
-
-        message = f"{pyfuncitem.nodeid}: a spawned worker aborted at exit ({err}); running the test again"
-        warnings.warn(message, stacklevel=2)
-        args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-        pyfuncitem.obj(**args)
-        return True

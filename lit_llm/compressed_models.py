@@ -219,7 +219,8 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
     try:
         resize_structured(model, widths)
     except (KeyError, ValueError) as err:
-        raise ManifestError(f"{path / PRUNING_MANIFEST}: key 'layers': {err}") from None
+        reason = err.args[0] if isinstance(err, KeyError) else err  # str(KeyError) adds quotes
+        raise ManifestError(f"{path / PRUNING_MANIFEST}: key 'layers': {reason}") from None
     return _load_weights(model, path, PRUNING_MANIFEST)
 
 

@@ -438,6 +438,8 @@ def resize_structured(model: nn.Module, widths: dict[str, tuple[int, int]]) -> N
     Example::
         resize_structured(model, {"bert.encoder.layer.0": (2, 20)})
     """
+    if not widths:
+        return
     mods = dict(model.named_modules())
     units = {u.block: u for u in find_structured_units(model)}
     for block, (heads, intermediate) in widths.items():

@@ -13,6 +13,7 @@ from lit_llm.pruning import (
     find_target_linears,
     magnitude_masks,
     measure_sparsity,
+    resize_structured,
     shrink_structured,
     structured_masks,
 )
@@ -122,3 +123,18 @@ def test_structured_on_a_non_bert_model_is_an_error():
 def test_apply_masks_with_unknown_parameter_is_an_error():
     with pytest.raises(KeyError, match=r"no such parameter"):
         apply_masks(_bert(), {"nope.weight": torch.ones(1, dtype=torch.bool)})
+
+
+def test_resize_structured_gives_blocks_the_recorded_widths():
+    model = _bert()
+    resize_structured(model, {"bert.encoder.layer.1": (3, 25)})
+    layer = model.bert.encoder.layer[1]
+    assert layer.attention.self.query.weight.shape == (24, 32) and layer.attention.output.dense.in_features == 24
+    assert layer.attention.self.num_attention_heads == 3 and layer.attention.self.all_head_size == 24
+    assert layer.intermediate.dense.out_features == 25 and layer.output.dense.in_features == 25
+    assert model.bert.encoder.layer[0].intermediate.dense.out_features == 40  # blocks not named keep their size
+    model(input_ids=torch.ones(1, 5, dtype=torch.long))  # still runs
+    with pytest.raises(ValueError, match=r"bert.encoder.layer.0: 5 heads / FFN width 40 do not fit a block of 4"):
+        resize_structured(model, {"bert.encoder.layer.0": (5, 40)})
+    with pytest.raises(KeyError, match=r"'encoder.layer.0' is not a transformer block of"):
+        resize_structured(model, {"encoder.layer.0": (1, 1)})

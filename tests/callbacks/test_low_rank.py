@@ -1,12 +1,15 @@
-"""The LowRankFactorization callback: factorized before training, trained, resumed, reported."""
+"""The LowRankFactorization callback: factorized before training, trained, resumed, reported, the artifact."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from compression_helpers import UserClassifier, loader, trainer
+from artifact_helpers import example_inputs, in_memory_logits, load_in_fresh_process, onnx_logits_in_fresh_process
+from compression_helpers import UserClassifier, loader, tiny_config, trainer
+from transformers import BertForSequenceClassification
 
 from lit_llm.callbacks import LowRankFactorization
 from lit_llm.low_rank import LowRankLinear
@@ -30,11 +33,11 @@ def test_factorizes_before_the_optimizer_and_trains_the_factors(tmp_path):
 
 def test_resume_loads_the_factors(tmp_path):
     model = UserClassifier()
-    t = trainer(tmp_path, [LowRankFactorization(energy=0.5, report=False)], max_steps=2)
+    t = trainer(tmp_path, [LowRankFactorization(energy=0.5, report=False, artifact=False)], max_steps=2)
     t.fit(model, loader())
     t.save_checkpoint(tmp_path / "lr.ckpt")
     resumed = UserClassifier()
-    t2 = trainer(tmp_path, [LowRankFactorization(energy=0.5, report=False)], max_steps=2)
+    t2 = trainer(tmp_path, [LowRankFactorization(energy=0.5, report=False, artifact=False)], max_steps=2)
     t2.fit(resumed, loader(), ckpt_path=tmp_path / "lr.ckpt")  # already at max_steps: only restores
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
@@ -63,3 +66,49 @@ def test_works_when_the_module_builds_its_model_in_setup(tmp_path):
     t.fit(model, loader())
     assert isinstance(model.model.bert.encoder.layer[1].output.dense, LowRankLinear)
     assert "configure_model" not in model.__dict__  # unwrapped at teardown
+
+
+def test_artifact_keeps_the_factors_and_loads_in_a_fresh_process(tmp_path):
+    cb = LowRankFactorization(rank=4)
+    model = UserClassifier()
+    trainer(tmp_path, [cb], max_steps=3).fit(model, loader())
+    artifact = tmp_path / "export-low-rank"  # the default: <default_root_dir>/export-low-rank
+    assert cb.artifact_path == artifact
+    inputs = example_inputs()
+    expected = in_memory_logits(model.model, inputs)
+
+    loaded = load_in_fresh_process("load_low_rank", artifact, inputs, tmp_path)
+    np.testing.assert_allclose(loaded["logits"], expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(onnx_logits_in_fresh_process(artifact, inputs, tmp_path), expected, atol=1e-4, rtol=0)
+
+    manifest = json.loads((artifact / "lit_llm_low_rank.json").read_text())
+    assert len(manifest["layers"]) == 12 and {e["rank"] for e in manifest["layers"].values()} == {4}
+    for name, entry in manifest["layers"].items():  # the factors, not a merged (out, in) weight
+        assert loaded["shapes"][f"{name}.a.weight"] == [4, entry["in_features"]]
+        assert loaded["shapes"][f"{name}.b.weight"] == [entry["out_features"], 4]
+        assert f"{name}.weight" not in loaded["shapes"]
+    dense = BertForSequenceClassification(tiny_config())
+    assert loaded["parameters"] == manifest["parameters"] == sum(p.numel() for p in model.model.parameters())
+    assert loaded["parameters"] < manifest["dense_parameters"] == sum(p.numel() for p in dense.parameters())
+    dense.save_pretrained(tmp_path / "dense")
+    dense_bytes = (tmp_path / "dense" / "model.safetensors").stat().st_size
+    assert (artifact / "model.safetensors").stat().st_size < 0.8 * dense_bytes
+    report = json.loads((tmp_path / "compression_report.json").read_text())["sections"]["low_rank_artifact"]
+    assert report["parameters"] == manifest["parameters"] and report["onnx_bytes"] > 0
+
+
+def test_artifact_directory_that_holds_files_is_refused_before_training(tmp_path):
+    (tmp_path / "export-low-rank").mkdir()
+    (tmp_path / "export-low-rank" / "keep.txt").write_text("earlier run")
+    t, model = trainer(tmp_path, [LowRankFactorization(rank=4)]), UserClassifier()
+    with pytest.raises(FileExistsError, match=r"LowRankFactorization: artifact directory .* already holds files"):
+        t.fit(model, loader())
+    assert t.global_step == 0 and (tmp_path / "export-low-rank" / "keep.txt").read_text() == "earlier run"
+    assert "configure_model" not in model.__dict__  # unwrapped after the failed fit too
+
+
+def test_module_without_the_hf_model_attribute_is_refused_before_training(tmp_path):
+    t = trainer(tmp_path, [LowRankFactorization(rank=4, model_attr="backbone")])
+    with pytest.raises(AttributeError, match=r"LowRankFactorization: .*UserClassifier\.backbone, which holds nothing"):
+        t.fit(UserClassifier(), loader())
+    assert t.global_step == 0

@@ -1,30 +1,35 @@
 """``lit-llm export CHECKPOINT OUT_DIR``: a Lightning checkpoint (plain file or sharded directory) to an HF model.
 
-The checkpoint's hyper-parameters rebuild the lit-llm module (the first of our module classes whose structure
-loads the weights strictly, or the one named by ``--module``); its HF model and tokenizer are then saved with
-``save_pretrained``, label maps included, so ``from_pretrained`` and ``pipeline`` load the result.
+The module is rebuilt as Lightning's ``load_from_checkpoint`` does: its class is ``--module`` or the
+``_class_path`` that ``lit-llm fit`` (LightningCLI) stores in the checkpoint's hyper-parameters, it is
+instantiated from those hyper-parameters, and the weights are loaded strictly. The checkpoint itself is read by
+:func:`lit_llm.checkpointing.load_checkpoint_file` (``weights_only=True``). The module's HF model and tokenizer are
+then saved with ``save_pretrained``, label maps included, so ``from_pretrained`` and ``pipeline`` load the result;
+``--onnx`` adds ``model.onnx`` with every text input the model takes (``token_type_ids`` too for BERT-like models).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 
 from lit_llm.checkpointing import CheckpointError, load_checkpoint_file, require_lightning_checkpoint
 
-__all__ = ["load_checkpoint", "export_checkpoint", "main", "CheckpointError"]
+__all__ = ["load_checkpoint", "rebuild_module", "export_checkpoint", "export_onnx", "main", "CheckpointError"]
 
-MODULE_CLASSES = (
-    "lit_llm.modules.SequenceClassifier",
-    "lit_llm.modules.TokenClassifier",
-    "lit_llm.modules.MaskedLanguageModel",
-    "lit_llm.modules.CausalLanguageModel",
-)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+# The instantiator LightningCLI records in `_instantiator`; Lightning's own allowlist holds the same name.
+_CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+ONNX_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -34,57 +39,113 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         FileNotFoundError: nothing at ``path``.
         CheckpointError: a truncated or corrupt file, or one that is not a Lightning checkpoint.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if path.is_dir():
-        if not (path / ".metadata").is_file():
-            raise CheckpointError(
-                f"{path} is a directory but not a distributed checkpoint (no .metadata file); "
-                "give a .ckpt file or the checkpoint directory written by TransformerFSDP / TransformerFSDP2."
-            )
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
-
-        checkpoint = _load_distributed_checkpoint(path)
-        if "model" in checkpoint and "state_dict" not in checkpoint:
-            checkpoint["state_dict"] = checkpoint.pop("model")
-    else:
-        checkpoint = load_checkpoint_file(path)
-    return require_lightning_checkpoint(checkpoint, path)
+    return require_lightning_checkpoint(load_checkpoint_file(path), path)
 
 
-def _import(class_path: str) -> type:
+def _module_class(class_path: Any, where: str) -> type[pl.LightningModule]:
+    """The LightningModule subclass ``class_path`` names; imported only once it is known to be a dotted name."""
+    if not isinstance(class_path, str) or not _DOTTED.fullmatch(class_path):
+        raise CheckpointError(f"{where} {class_path!r} is not a class path such as lit_llm.modules.SequenceClassifier")
     module_name, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module_name), name)
+    if module_name.split(".")[0] in sys.stdlib_module_names:  # no LightningModule lives there; never import it
+        raise CheckpointError(f"{where} {class_path!r} is not a LightningModule subclass")
+    try:
+        cls = getattr(importlib.import_module(module_name), name, None)
+    except ImportError as err:
+        raise CheckpointError(
+            f"{where} {class_path!r} cannot be imported ({err}); install its package or put it on PYTHONPATH"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, pl.LightningModule)):
+        raise CheckpointError(f"{where} {class_path!r} is not a LightningModule subclass")
+    return cls
 
 
-def rebuild_module(checkpoint: dict[str, Any], module_class: str | None = None) -> torch.nn.Module:
-    """Rebuild the LightningModule from the checkpoint's hyper-parameters and load its weights strictly.
+def _instantiate(cls: type[pl.LightningModule], hparams: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> Any:
+    """``cls`` built from the saved hyper-parameters, with the argument filtering of Lightning's ``_load_state``."""
+    kwargs = {k: v for k, v in hparams.items() if k not in ("_class_path", "_instantiator")}
+    signature = inspect.signature(cls.__init__)
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    names = [n for n, p in signature.parameters.items() if n != "self" and p.kind not in variadic]
+    hparams_name = checkpoint.get("hparams_name")
+    if hparams_name and hparams_name in names:  # the module saved one dict/Namespace argument whole
+        kwargs = {hparams_name: kwargs}
+    if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    if hparams.get("_instantiator") == _CLI_INSTANTIATOR:
+        # Written by LightningCLI: rebuild through the same jsonargparse parser, as load_from_checkpoint does, so
+        # nested class_path arguments are instantiated and types checked exactly as at `lit-llm fit`.
+        from lightning.pytorch.cli import instantiate_module
+
+        return instantiate_module(cls, kwargs)
+    return cls(**kwargs)
+
+
+def rebuild_module(
+    checkpoint: Mapping[str, Any], module_class: str | None = None, source: str | Path = "the checkpoint"
+) -> pl.LightningModule:
+    """Rebuild the LightningModule a checkpoint was written by, with ``load_from_checkpoint`` semantics.
+
+    Args:
+        checkpoint: a Lightning checkpoint dict (from :func:`load_checkpoint`).
+        module_class: the class path to build (``--module``); default: the ``_class_path`` that LightningCLI
+            stores in the hyper-parameters. When both are known they must agree.
+        source: the checkpoint's path, for the messages.
 
     Raises:
-        CheckpointError: no candidate class matches the checkpoint.
+        CheckpointError: the class is unknown, not importable, not a LightningModule, not the checkpoint's class, or
+            it cannot be built from the hyper-parameters or does not take the weights strictly.
+
+    Example::
+        module = rebuild_module(load_checkpoint("runs/rt/version_0/checkpoints/last.ckpt"))
     """
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    state = checkpoint["state_dict"]
-    candidates = [module_class] if module_class else list(MODULE_CLASSES)
-    errors = []
-    for class_path in candidates:
-        try:
-            cls = _import(class_path)
-        except (ImportError, AttributeError) as err:
-            errors.append(f"{class_path}: {err}")
-            continue
-        try:
-            module = cls(**hparams)
-            if getattr(module, "model", None) is None and hasattr(module, "configure_model"):
-                module.configure_model()
-            module.load_state_dict(state, strict=True)
-            return module
-        except Exception as err:  # try the next class; report all at the end
-            errors.append(f"{class_path}: {str(err).splitlines()[0][:160]}")
-    raise CheckpointError(
-        "no lit-llm module matches this checkpoint; pass --module package.Class. Tried:\n  " + "\n  ".join(errors)
-    )
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not isinstance(hparams, Mapping):
+        hparams = vars(hparams) if hasattr(hparams, "__dict__") else {}
+    saved = hparams.get("_class_path")
+    if module_class is not None:
+        cls = _module_class(module_class, "--module")
+        if saved is not None and saved != module_class:
+            saved_cls = _module_class(saved, f"{source}: hyper_parameters['_class_path']")
+            if not issubclass(saved_cls, cls):
+                raise CheckpointError(
+                    f"{source} holds a {saved} (its hyper_parameters['_class_path']), not a {module_class} "
+                    f"(--module). Drop --module to export it as {saved}, or give a checkpoint of a {module_class} run."
+                )
+            cls = saved_cls  # a subclass of --module: build what was trained
+    elif saved is not None:
+        cls = _module_class(saved, f"{source}: hyper_parameters['_class_path']")
+    else:
+        raise CheckpointError(
+            f"{source} does not say which LightningModule wrote it (no hyper_parameters['_class_path'], which "
+            "`lit-llm fit` records); pass --module package.Class, e.g. --module lit_llm.modules.SequenceClassifier"
+        )
+    try:
+        module = _instantiate(cls, hparams, checkpoint)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's __init__ is reported with its class
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{source}: {cls.__module__}.{cls.__qualname__} cannot be built from the checkpoint's hyper-parameters "
+            f"({type(err).__name__}: {first})"
+        ) from err
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if is_overridden("configure_model", module):
+        module.configure_model()
+    module.on_load_checkpoint(dict(checkpoint))
+    try:
+        result = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as err:  # shapes that differ
+        raise CheckpointError(
+            f"{source}: the weights do not fit {cls.__qualname__} built from its hyper-parameters "
+            f"({str(err).strip().splitlines()[-1].strip()[:200]})"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{source}: the weights do not fit {cls.__qualname__} built from its hyper-parameters (missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); is it the checkpoint of another "
+            "module class?"
+        )
+    return module.eval()
 
 
 def export_checkpoint(
@@ -92,16 +153,27 @@ def export_checkpoint(
 ) -> Path:
     """Consolidate ``checkpoint_path`` into an HF model directory ``out_dir`` (new or empty).
 
+    Args:
+        checkpoint_path: a ``.ckpt`` file or a sharded checkpoint directory (TransformerFSDP / TransformerFSDP2).
+        out_dir: a new or empty directory.
+        module_class: the LightningModule class path, for checkpoints not written by ``lit-llm fit``.
+        onnx: also write ``out_dir/model.onnx`` (:func:`export_onnx`).
+
+    Raises:
+        FileNotFoundError, FileExistsError, CheckpointError: see :func:`load_checkpoint`, :func:`rebuild_module`.
+
     Example::
         export_checkpoint("runs/rt/version_0/checkpoints/best.ckpt", "exports/rt")
     """
     from lit_llm.hf import check_export_dir, export_pretrained
 
     check_export_dir(out_dir)
-    module = rebuild_module(load_checkpoint(checkpoint_path), module_class)
+    module = rebuild_module(load_checkpoint(checkpoint_path), module_class, checkpoint_path)
     hf_model = getattr(module, "model", None)
     if hf_model is None or not hasattr(hf_model, "save_pretrained"):
-        raise CheckpointError(f"{type(module).__name__} holds no HF model in `.model` to export")
+        raise CheckpointError(
+            f"{type(module).__name__} holds no Hugging Face model in `.model` to export; export its weights yourself"
+        )
     tokenizer = None
     try:
         tokenizer = module.tokenizer  # type: ignore[attr-defined]
@@ -113,46 +185,85 @@ def export_checkpoint(
     return out
 
 
-def export_onnx(model: torch.nn.Module, path: Path, seq_len: int = 16) -> Path:
-    """Export the model's forward (input_ids, attention_mask) -> logits to ONNX with dynamic batch and length.
+def onnx_input_names(model: torch.nn.Module) -> list[str]:
+    """The text inputs ``model.forward`` takes, among ``input_ids``, ``attention_mask``, ``token_type_ids``.
+
+    ``token_type_ids`` counts only where the model embeds segments (``config.type_vocab_size >= 2``: BERT, not
+    GPT-2 or RoBERTa, whose forward accepts the argument without a segment embedding of its own).
+    """
+    accepted = inspect.signature(model.forward).parameters
+    names = [name for name in ONNX_TEXT_INPUTS if name in accepted]
+    if "token_type_ids" in names and getattr(getattr(model, "config", None), "type_vocab_size", 0) < 2:
+        names.remove("token_type_ids")
+    return names
+
+
+class _Logits(torch.nn.Module):
+    """``model(**inputs).logits`` with the inputs as positional tensors, for the ONNX tracer."""
+
+    def __init__(self, inner: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.names = names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.inner(**dict(zip(self.names, inputs, strict=True))).logits
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, seq_len: int = 16) -> Path:
+    """Export the model's ``forward(input_ids, attention_mask[, token_type_ids]) -> logits`` to ONNX.
+
+    Every text input the model takes is an ONNX input (:func:`onnx_input_names`), each with dynamic batch and
+    sequence axes; feed them by name: ``{i.name: enc[i.name] for i in session.get_inputs()}``.
 
     Raises:
         ImportError: the ``onnx`` package is missing (install hint).
+
+    Example::
+        export_onnx(AutoModelForSequenceClassification.from_pretrained("exports/rt"), "exports/rt/model.onnx")
     """
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise ImportError("ONNX export needs the onnx package: pip install onnx") from None
     model = model.eval()
-    ids = torch.ones(2, seq_len, dtype=torch.long)
-    mask = torch.ones(2, seq_len, dtype=torch.long)
-
-    class _Logits(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
-
+    names = onnx_input_names(model)
+    dummy = {
+        "input_ids": torch.ones(2, seq_len, dtype=torch.long),
+        "attention_mask": torch.ones(2, seq_len, dtype=torch.long),
+        # Both segments present, as in a text pair.
+        "token_type_ids": (torch.arange(seq_len) >= seq_len // 2).long().expand(2, seq_len).contiguous(),
+    }
+    inputs = tuple(dummy[name] for name in names)
+    wrapper = _Logits(model, names)
+    with torch.no_grad():
+        logits = wrapper(*inputs)
     axes = {0: "batch", 1: "sequence"}
+    dynamic_axes: dict[str, dict[int, str]] = {name: axes for name in names}
+    # (B, num_labels) for a classifier, (B, T, V) for token-level heads.
+    dynamic_axes["logits"] = axes if logits.dim() == 3 else {0: "batch"}
     torch.onnx.export(
-        _Logits(model),
-        (ids, mask),
+        wrapper,
+        inputs,
         str(path),
-        input_names=["input_ids", "attention_mask"],
+        input_names=names,
         output_names=["logits"],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": axes},
+        dynamic_axes=dynamic_axes,
         dynamo=False,
     )
-    return path
+    return Path(path)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``lit-llm export CHECKPOINT OUT_DIR [--module package.Class] [--onnx]``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="lit-llm export", description=__doc__)
     parser.add_argument("checkpoint", help="a .ckpt file or a sharded checkpoint directory")
     parser.add_argument("out_dir", help="new or empty directory for the HF model")
-    parser.add_argument("--module", default=None, help="LightningModule class path (default: try lit-llm's)")
+    parser.add_argument(
+        "--module",
+        default=None,
+        help="LightningModule class path (default: the _class_path that `lit-llm fit` stores in the checkpoint)",
+    )
     parser.add_argument("--onnx", action="store_true", help="also write model.onnx")
     args = parser.parse_args(argv)
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_llm.checkpointing import load_checkpoint_file, require_lightning_checkpoint
 from lit_llm.hf import export_pretrained
 
 __all__ = ["run_dir", "output_dir", "restore_best_checkpoint", "export_best"]
@@ -26,12 +26,29 @@ def output_dir(module: pl.LightningModule, configured: str | None, name: str) ->
 
 def restore_best_checkpoint(module: pl.LightningModule) -> str | None:
     """Load the best checkpoint of the trainer's ModelCheckpoint into ``module`` (on every rank, so the replicas
-    stay identical), with ``weights_only=True``; returns its path, or None when there is none."""
+    stay identical) through :func:`lit_llm.checkpointing.load_checkpoint_file`, the loader of every checkpoint
+    (``weights_only=True``); returns its path, or None when there is none.
+
+    A sharded best checkpoint (a directory) is not loaded into the sharded module: a warning says so and the
+    module keeps its last weights; ``lit-llm export`` consolidates that checkpoint.
+
+    Raises:
+        CheckpointError: the best checkpoint is unreadable, holds Python objects, or is not a Lightning checkpoint.
+    """
     checkpoint = getattr(module.trainer, "checkpoint_callback", None)
     best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
-    if not best or not Path(best).is_file():
+    if not best:
         return None
-    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    if Path(best).is_dir():
+        rank_zero_warn(
+            f"the best checkpoint {best} is sharded; the model keeps its last weights. Export the best ones with "
+            f"`lit-llm export {best} OUT_DIR`."
+        )
+        return None
+    if not Path(best).is_file():
+        return None
+    state = require_lightning_checkpoint(load_checkpoint_file(best, map_location="cpu"), best)["state_dict"]
+    module.load_state_dict(state)
     score = getattr(checkpoint, "best_model_score", None)
     rank_zero_info(f"loaded the best checkpoint {best}" + (f" (score {float(score):.4f})" if score is not None else ""))
     return best

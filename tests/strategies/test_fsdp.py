@@ -13,6 +13,7 @@ from lit_llm.modules import SequenceClassifier
 from lit_llm.strategies import TransformerFSDP, TransformerFSDP2, find_block_classes
 
 HERE = Path(__file__).parent
+MODULE = "lit_llm.modules.SequenceClassifier"  # checkpoints of a plain Trainer do not record their class
 
 
 def _run_two_ranks(script: str, out: Path, *args: object) -> None:
@@ -73,7 +74,7 @@ def test_fsdp2_trains_sharded_on_two_cpu_processes_and_exports(
     ckpt = tmp_path / "sharded.ckpt"
     assert ckpt.is_dir() and (ckpt / ".metadata").is_file()  # one shard per rank, not a gathered file
 
-    out = export_checkpoint(ckpt, tmp_path / "export")
+    out = export_checkpoint(ckpt, tmp_path / "export", "lit_llm.modules.SequenceClassifier")
     from transformers import AutoModelForSequenceClassification
 
     exported = AutoModelForSequenceClassification.from_pretrained(out)
@@ -106,7 +107,7 @@ def test_export_plain_checkpoint_and_errors(tmp_path, tiny_bert_dir, sentiment_c
         num_sanity_val_steps=0,
         limit_val_batches=1,
     ).fit(model, datamodule=data)
-    assert export_main([ckpt_cb.last_model_path, str(tmp_path / "hf"), "--onnx"]) == 0
+    assert export_main([ckpt_cb.last_model_path, str(tmp_path / "hf"), "--onnx", "--module", MODULE]) == 0
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     import onnxruntime
@@ -116,15 +117,13 @@ def test_export_plain_checkpoint_and_errors(tmp_path, tiny_bert_dir, sentiment_c
     )
     reference = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()(**enc).logits
     session = onnxruntime.InferenceSession(str(tmp_path / "hf" / "model.onnx"))
-    (onnx_logits,) = session.run(
-        None, {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()}
-    )
+    (onnx_logits,) = session.run(None, {i.name: enc[i.name].numpy() for i in session.get_inputs()})
     assert torch.allclose(torch.from_numpy(onnx_logits), reference.detach(), atol=1e-4)
 
     clf = pipeline("text-classification", model=str(tmp_path / "hf"), device="cpu")
     assert clf("good movie")[0]["label"] in ("fresh", "rotten")
     # Never over an earlier export.
-    assert export_main([ckpt_cb.last_model_path, str(tmp_path / "hf")]) == 2
+    assert export_main([ckpt_cb.last_model_path, str(tmp_path / "hf"), "--module", MODULE]) == 2
     assert "already holds files" in capsys.readouterr().err
 
     truncated = tmp_path / "truncated.ckpt"

@@ -4,6 +4,11 @@ Any LightningModule, LightningDataModule and Callback can be named by ``class_pa
 same command runs our modules and a user's. Each run gets a fresh directory ``runs/<config>/version_<n>``
 (never an earlier run's), W&B runs offline unless the user has a key and chose online mode, the whole CLI config
 becomes the W&B run config, and the end of a run prints where its outputs are.
+
+A user error (a bad data file, checkpoint or input path: see :func:`is_user_error`) prints ``lit-llm: <message>``
+on stderr and exits with code 2; ``LIT_LLM_TRACEBACK=1`` shows its traceback too. Any other exception keeps its
+traceback. When stdout is not a terminal (``lit-llm fit ... > train.log``) and the config names no progress bar,
+progress is printed as plain lines by :class:`~lit_llm.callbacks.PlainProgressBar`.
 """
 
 from __future__ import annotations
@@ -15,22 +20,93 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_llm.callbacks.progress import PlainProgressBar
 from lit_llm.callbacks.resume import ExactResume
-from lit_llm.checkpointing import AtomicCheckpointIO
+from lit_llm.checkpointing import AtomicCheckpointIO, load_checkpoint_file, require_lightning_checkpoint
+from lit_llm.errors import UserInputError
 
-__all__ = ["LitLLMCLI", "main", "configure_wandb_mode", "next_run_dir", "resume_target"]
+__all__ = [
+    "LitLLMCLI",
+    "configure_wandb_mode",
+    "help_text",
+    "is_user_error",
+    "main",
+    "next_run_dir",
+    "resume_target",
+    "validate_ckpt_path",
+]
 
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# Subcommands that are not Trainer methods; each module has `main(argv) -> int`.
-EXTRA_SUBCOMMANDS = {
-    "plan": "lit_llm.planning.cli",
-    "export": "lit_llm.export",
+# One line each for `lit-llm --help` (Lightning's own are the Trainer methods' first sentences, some cut mid-way).
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "train a model (and test it with --test_after_fit true); --ckpt_path resumes a run",
+    "validate": "one evaluation pass over the validation set",
+    "test": "one evaluation pass over the test set",
+    "predict": "run the model on predict_file and write predictions.jsonl in the run directory",
 }
+# Subcommands that are not Trainer methods: (module with `main(argv) -> int`, one line for `lit-llm --help`).
+EXTRA_SUBCOMMANDS = {
+    "plan": ("lit_llm.planning.cli", "estimate memory and speed of each way to train a model on given hardware"),
+    "export": ("lit_llm.export", "export a checkpoint to a Hugging Face model directory (and ONNX)"),
+}
+TRACEBACK_ENV = "LIT_LLM_TRACEBACK"
+
+
+def help_text() -> str:
+    """What ``lit-llm --help`` prints: every subcommand with one line, and the environment variables."""
+    names = [*LIGHTNING_SUBCOMMANDS, *EXTRA_SUBCOMMANDS]
+    rows = [*LIGHTNING_SUBCOMMANDS.items(), *((name, line) for name, (_, line) in EXTRA_SUBCOMMANDS.items())]
+    width = max(len(name) for name in names) + 2
+    return "\n".join([
+        f"usage: lit-llm [-h] {{{','.join(names)}}} ...",
+        "",
+        "Train, evaluate, plan and export transformer language models with PyTorch Lightning.",
+        "",
+        "subcommands (`lit-llm <subcommand> --help` lists its options):",
+        *(f"  {name:<{width}}{line}" for name, line in rows),
+        "",
+        "fit, validate, test and predict are LightningCLI subcommands: --config FILE (YAML), --print_config,",
+        "--trainer.*, --model.*, --data.*; e.g. `lit-llm fit --config configs/finetune/minilm_rotten_tomatoes.yaml`.",
+        "",
+        "environment:",
+        f"  {TRACEBACK_ENV + '=1':<21}print the full traceback of a user error (bad file, checkpoint, argument)",
+        f"  {'WANDB_MODE':<21}W&B mode; default offline unless you have a W&B API key",
+    ])
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is the user's mistake, reported by its message alone, rather than a possible bug.
+
+    The set is explicit, because ``ValueError`` or ``OSError`` in general can just as well be bugs:
+    any :class:`~lit_llm.errors.UserInputError` (``DataFileError``, ``CheckpointError``, ...), and a
+    ``FileNotFoundError`` built with a message only (``errno`` None): every input check, ours and the libraries',
+    raises it that way naming the path, while one from a failed ``open()`` carries an errno and may be our bug.
+    A plain ``ValueError`` keeps its traceback; argument checks that want the short form raise
+    :class:`~lit_llm.errors.InvalidArgumentError`.
+    """
+    if isinstance(err, UserInputError):
+        return True
+    return isinstance(err, FileNotFoundError) and err.errno is None
+
+
+def validate_ckpt_path(ckpt_path: str | None) -> None:
+    """Check a ``--ckpt_path`` file with lit-llm's safe loader before LightningCLI or the Trainer read it.
+
+    LightningCLI reads a checkpoint's hyperparameters as soon as the arguments are parsed: with torch's message
+    (which advises ``weights_only=False``, i.e. running the file's code) for a file that is not a plain checkpoint.
+    Loading it first with :func:`~lit_llm.checkpointing.load_checkpoint_file` (``weights_only=True``) turns a
+    corrupt, foreign or code-carrying file into a :class:`~lit_llm.checkpointing.CheckpointError` naming it.
+    Keywords (``last``, ``best``) and directories (sharded checkpoints) are left to the Trainer.
+
+    Raises:
+        CheckpointError: the file is not a readable Lightning checkpoint.
+    """
+    if ckpt_path and Path(ckpt_path).is_file():
+        require_lightning_checkpoint(load_checkpoint_file(ckpt_path), ckpt_path)
 
 
 def configure_wandb_mode(environ: dict[str, str] | None = None) -> str:
@@ -144,6 +220,12 @@ class LitLLMCLI(LightningCLI):
             auto_configure_optimizers=True,
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        if sub:  # before LightningCLI loads the checkpoint's hyperparameters
+            validate_ckpt_path(self.config[sub].get("ckpt_path"))
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False, help="After fit, test the best checkpoint.")
         parser.add_argument("--run_root", type=str, default="runs", help="Parent folder of the run directories.")
@@ -203,6 +285,7 @@ class LitLLMCLI(LightningCLI):
                 init_args[key] = str(run_dir / f"{default}.resume{n}")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        self._plain_progress_when_not_a_terminal()
         trainer = super().instantiate_trainer(**kwargs)
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
@@ -221,6 +304,18 @@ class LitLLMCLI(LightningCLI):
         if prediction_file is not None:
             trainer.callbacks.append(JsonlPredictionWriter(str(prediction_file)))  # type: ignore[attr-defined]
         return trainer
+
+    def _plain_progress_when_not_a_terminal(self) -> None:
+        """Add a PlainProgressBar when stdout is piped or redirected, unless the config chose a bar or none."""
+        if self.subcommand is None or sys.stdout.isatty():
+            return
+        trainer_cfg = self.config_init[self.subcommand]["trainer"]
+        if trainer_cfg.get("enable_progress_bar") is False:
+            return
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if not any(isinstance(cb, ProgressBar) for cb in callbacks):
+            trainer_cfg["callbacks"] = [*callbacks, PlainProgressBar()]
 
     # ---------------------------------------------------------------- after each subcommand
     def after_fit(self) -> None:
@@ -289,22 +384,39 @@ class LitLLMCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``lit-llm``."""
+    """Entry point of ``lit-llm``: 0 on success, 2 on a user error (its message on stderr, no traceback).
+
+    Example::
+        main(["fit", "--config", "configs/finetune/minilm_rotten_tomatoes.yaml"])
+    """
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in EXTRA_SUBCOMMANDS:
+    if not args or args[0] in ("-h", "--help"):
+        print(help_text(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    try:
+        return _run(args, from_sys_argv=argv is None)
+    except Exception as err:
+        if not is_user_error(err) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"lit-llm: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: list[str], from_sys_argv: bool) -> int:
+    if args[0] in EXTRA_SUBCOMMANDS:
         import importlib
 
         try:
-            module = importlib.import_module(EXTRA_SUBCOMMANDS[args[0]])
+            module = importlib.import_module(EXTRA_SUBCOMMANDS[args[0]][0])
         except ImportError as err:
             print(f"lit-llm {args[0]}: not available in this installation ({err})", file=sys.stderr)
             return 2
         return int(module.main(args[1:]) or 0)
-    if args and not args[0].startswith("-") and args[0] not in LIGHTNING_SUBCOMMANDS:
+    if not args[0].startswith("-") and args[0] not in LIGHTNING_SUBCOMMANDS:
         choices = ", ".join([*LIGHTNING_SUBCOMMANDS, *EXTRA_SUBCOMMANDS])
         print(f"lit-llm: unknown subcommand {args[0]!r}; choose one of {choices} (lit-llm --help)", file=sys.stderr)
         raise SystemExit(2)
-    LitLLMCLI(args=None if argv is None else args)
+    LitLLMCLI(args=None if from_sys_argv else args)
     return 0
 
 

@@ -158,9 +158,11 @@ def _logits(outputs: Any) -> torch.Tensor | None:
 
 def _check_head(teacher: str, auto_cls: Any) -> None:
     """Refuse an HF teacher saved with another head: loading it would give a randomly initialized head."""
-    suffix = next((sfx for sfx, auto in _AUTO_BY_SUFFIX if auto == getattr(auto_cls, "__name__", "")), None)
+    # Every head name of the Auto class (a causal LM is *ForCausalLM or *LMHeadModel).
+    suffixes = tuple(sfx for sfx, auto in _AUTO_BY_SUFFIX if auto == getattr(auto_cls, "__name__", ""))
+    suffix = suffixes[0] if suffixes else None
     architectures = getattr(build_config(teacher), "architectures", None) or []
-    if suffix and architectures and not any(a.endswith(suffix) for a in architectures):
+    if suffix and architectures and not any(a.endswith(suffixes) for a in architectures):
         raise ValueError(
             f"teacher {teacher!r} is a {architectures[0]}, but the student is a *{suffix} model: its {suffix} head "
             "would be randomly initialized. Give a teacher trained for the student's task (for a lit-llm run, its "

@@ -87,7 +87,7 @@ def hf_model_of(pl_module: nn.Module, model_attr: str, owner: str) -> PreTrained
         raise AttributeError(
             f"{owner}: the artifact is written from the HF model at {type(pl_module).__name__}.{model_attr}, "
             f"which holds {found}. Keep the transformers model there, pass model_attr='<attribute>', or set "
-            "artifact=False."
+            "export_artifact=False."
         )
     return model
 
@@ -102,7 +102,7 @@ def check_artifact_dir(path: str | Path, owner: str) -> Path:
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(
             f"{owner}: artifact directory {str(path)!r} already holds files and lit-llm never overwrites an "
-            "artifact; pass artifact_dir='<a new directory>', move the old one away, or set artifact=False."
+            "artifact; pass artifact_dir='<a new directory>', move the old one away, or set export_artifact=False."
         )
     return path
 

@@ -38,7 +38,7 @@ class LowRankFactorization(Callback):
 
     Works on any LightningModule (layers selected by name among the module's own). Checkpoints and the HF
     export hold the factorized layers (``...query.a.weight`` / ``...query.b.weight``), which ``from_pretrained``
-    cannot rebuild. So at the end of a successful fit (``artifact=True``) the factorized model is written to
+    cannot rebuild. So at the end of a successful fit (``export_artifact=True``) the factorized model is written to
     ``artifact_dir`` (default ``<trainer.default_root_dir>/export-low-rank``) by
     :func:`lit_llm.compressed_models.save_low_rank`: the factors as they are (not merged back, so the files keep
     the saving), ``lit_llm_low_rank.json`` with each factorized Linear's shape and rank, ``model.onnx`` and the
@@ -56,7 +56,7 @@ class LowRankFactorization(Callback):
         energy: fraction of squared singular values kept per layer, in (0, 1] (the rank then varies by layer).
         patterns: regexes of Linear layer names; default: the Linear layers inside the transformer blocks.
         report: add the report sections.
-        artifact: write the factorized-model artifact at fit end.
+        export_artifact: write the factorized-model artifact at fit end.
         artifact_dir: where; None = ``<trainer.default_root_dir>/export-low-rank``. Must be new or empty.
         model_attr: attribute of the LightningModule that holds the HF model to write.
         onnx: also write ``model.onnx`` into the artifact.
@@ -65,7 +65,7 @@ class LowRankFactorization(Callback):
         ValueError: neither or both of rank / energy, a rank < 1, an energy outside (0, 1]; in ``setup``, patterns
             matching no Linear layer.
         FileExistsError: at fit start, ``artifact_dir`` already holds files.
-        AttributeError: at fit start, ``artifact=True`` and the module has no HF model at ``model_attr``.
+        AttributeError: at fit start, ``export_artifact=True`` and the module has no HF model at ``model_attr``.
 
     Example::
         trainer = Trainer(callbacks=[LowRankFactorization(energy=0.9)])
@@ -77,7 +77,7 @@ class LowRankFactorization(Callback):
         energy: float | None = None,
         patterns: list[str] | None = None,
         report: bool = True,
-        artifact: bool = True,
+        export_artifact: bool = True,
         artifact_dir: str | None = None,
         model_attr: str = "model",
         onnx: bool = True,
@@ -94,11 +94,12 @@ class LowRankFactorization(Callback):
         self.energy = energy
         self.patterns = patterns
         self.report = report
-        self.artifact = artifact
+        self.export_artifact = export_artifact
         self.artifact_dir = artifact_dir
         self.model_attr = model_attr
         self.onnx = onnx
         self.artifact_path: Path | None = None  # where the artifact was written, once it was
+        self._fit_ended = False
         self.ranks: dict[str, int] = {}
         self._dense: nn.Module | None = None
 
@@ -125,7 +126,8 @@ class LowRankFactorization(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.artifact:  # fail now, not after the training
+        self._fit_ended = False
+        if self.export_artifact:  # fail now, not after the training
             hf_model_of(pl_module, self.model_attr, "LowRankFactorization")
             check_artifact_dir(self._artifact_target(trainer), "LowRankFactorization")
 
@@ -138,8 +140,13 @@ class LowRankFactorization(Callback):
             return
         if "configure_model" in pl_module.__dict__:
             del pl_module.configure_model
-        if self.artifact:
+        if self.export_artifact and self._fit_ended:
+            self._fit_ended = False
             self._write_artifact(trainer, pl_module)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_ended = True  # the artifact is written in teardown, and only after a fit that ended
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

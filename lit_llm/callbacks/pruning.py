@@ -54,7 +54,7 @@ class Pruning(Callback):
     faster. The weights are always plain tensors (no ``weight_orig`` parametrization), so the checkpoint and
     the exported HF model are a plain model.
 
-    At the end of a successful fit (``artifact=True``) the pruned model is written to ``artifact_dir`` (default
+    At the end of a successful fit (``export_artifact=True``) the pruned model is written to ``artifact_dir`` (default
     ``<trainer.default_root_dir>/export-pruned``) by :func:`lit_llm.compressed_models.save_pruned`: zeroed heads and
     FFN neurons sliced away so the files are really smaller, ``lit_llm_pruning.json`` with each block's widths,
     ``model.onnx`` and the module's tokenizer; load it with :func:`lit_llm.compressed_models.load_pruned` or serve
@@ -84,7 +84,7 @@ class Pruning(Callback):
             never embeddings or the task head.
         shrink: structured modes only: slice pruned heads / neurons away before test and predict.
         report: add a ``pruning`` section to the run's compression report at fit end.
-        artifact: write the pruned-model artifact at fit end.
+        export_artifact: write the pruned-model artifact at fit end.
         artifact_dir: where; None = ``<trainer.default_root_dir>/export-pruned``. Must be new or empty.
         model_attr: attribute of the LightningModule that holds the HF model to write.
         onnx: also write ``model.onnx`` into the artifact.
@@ -93,7 +93,7 @@ class Pruning(Callback):
         ValueError: an amount outside [0, 1), ``end_step < start_step``, ``frequency < 1``, an unknown mode or
             scope; at fit start, a pattern that matches no Linear layer or a structured mode on a non-BERT model.
         FileExistsError: at fit start, ``artifact_dir`` already holds files.
-        AttributeError: at fit start, ``artifact=True`` and the module has no HF model at ``model_attr``.
+        AttributeError: at fit start, ``export_artifact=True`` and the module has no HF model at ``model_attr``.
 
     Example::
         trainer = Trainer(max_steps=1000, callbacks=[Pruning(amount=0.8, start_step=100, end_step=700)])
@@ -110,7 +110,7 @@ class Pruning(Callback):
         patterns: list[str] | None = None,
         shrink: bool = True,
         report: bool = True,
-        artifact: bool = True,
+        export_artifact: bool = True,
         artifact_dir: str | None = None,
         model_attr: str = "model",
         onnx: bool = True,
@@ -140,11 +140,12 @@ class Pruning(Callback):
         self.patterns = patterns
         self.shrink = shrink
         self.report = report
-        self.artifact = artifact
+        self.export_artifact = export_artifact
         self.artifact_dir = artifact_dir
         self.model_attr = model_attr
         self.onnx = onnx
         self.artifact_path: Path | None = None  # where the artifact was written, once it was
+        self._fit_ended = False
         self.masks: Masks = {}
         self.final_masks: Masks = {}  # the masks in force at fit end, kept for inspection
         self.current_amount = 0.0
@@ -167,7 +168,8 @@ class Pruning(Callback):
             find_target_linears(pl_module, self.patterns)
         else:
             find_structured_units(pl_module)
-        if self.artifact:  # fail now, not after the training
+        self._fit_ended = False
+        if self.export_artifact:  # fail now, not after the training
             hf_model_of(pl_module, self.model_attr, "Pruning")
             check_artifact_dir(self._artifact_target(trainer), "Pruning")
 
@@ -178,8 +180,9 @@ class Pruning(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Lightning calls teardown only after a fit that ended normally, and after the module's on_fit_end (where
         # our modules restore the best checkpoint): the artifact holds the weights the module ends with.
-        if stage != "fit" or not self.artifact:
+        if stage != "fit" or not self.export_artifact or not self._fit_ended:
             return
+        self._fit_ended = False
         model = hf_model_of(pl_module, self.model_attr, "Pruning")
         sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
         state = full_state_dict(model) if sharded else None  # FSDP2: a collective, every rank gathers
@@ -243,6 +246,7 @@ class Pruning(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_ended = True  # the artifact is written in teardown, and only after a fit that ended
         if not self.masks:
             return
         apply_masks(pl_module, self.masks)

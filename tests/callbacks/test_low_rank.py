@@ -33,11 +33,11 @@ def test_factorizes_before_the_optimizer_and_trains_the_factors(tmp_path):
 
 def test_resume_loads_the_factors(tmp_path):
     model = UserClassifier()
-    t = trainer(tmp_path, [LowRankFactorization(energy=0.5, report=False, artifact=False)], max_steps=2)
+    t = trainer(tmp_path, [LowRankFactorization(energy=0.5, report=False, export_artifact=False)], max_steps=2)
     t.fit(model, loader())
     t.save_checkpoint(tmp_path / "lr.ckpt")
     resumed = UserClassifier()
-    t2 = trainer(tmp_path, [LowRankFactorization(energy=0.5, report=False, artifact=False)], max_steps=2)
+    t2 = trainer(tmp_path, [LowRankFactorization(energy=0.5, report=False, export_artifact=False)], max_steps=2)
     t2.fit(resumed, loader(), ckpt_path=tmp_path / "lr.ckpt")  # already at max_steps: only restores
     for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)

@@ -54,7 +54,7 @@ def test_sparsity_follows_the_cubic_schedule(tmp_path):
 
 def test_masks_survive_checkpoint_and_resume(tmp_path):
     def run(max_steps, ckpt=None, root=tmp_path / "a"):
-        cb = Pruning(amount=0.6, start_step=1, end_step=6, frequency=2, artifact=False)  # fits twice in one root
+        cb = Pruning(amount=0.6, start_step=1, end_step=6, frequency=2, export_artifact=False)  # fits twice in one root
         ck = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=3)
         t = trainer(root, [cb, ck], max_steps=max_steps, enable_checkpointing=True)
         model = UserClassifier()
@@ -272,5 +272,5 @@ def test_module_without_the_hf_model_attribute_is_refused_before_training(tmp_pa
     with pytest.raises(AttributeError, match=r"Pruning: .*UserClassifier\.net, which holds nothing.*model_attr="):
         t.fit(UserClassifier(), loader())
     assert t.global_step == 0
-    trainer(tmp_path, [Pruning(amount=0.5, artifact=False)], max_steps=1).fit(UserClassifier(), loader())
-    assert not (tmp_path / "export-pruned").exists()  # artifact=False turns it off
+    trainer(tmp_path, [Pruning(amount=0.5, export_artifact=False)], max_steps=1).fit(UserClassifier(), loader())
+    assert not (tmp_path / "export-pruned").exists()  # export_artifact=False turns it off

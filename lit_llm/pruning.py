@@ -294,7 +294,7 @@ def find_structured_units(model: nn.Module) -> list[StructuredUnit]:
     if not units:
         raise ValueError(
             f"structured pruning needs BERT-style blocks (<block>.attention.self.query / .intermediate.dense); "
-            f"{type(model).__name__} has none. Use structured=False (unstructured magnitude pruning)."
+            f"{type(model).__name__} has none. Use mode='unstructured' (magnitude pruning of single weights)."
         )
     return units
 

@@ -116,7 +116,7 @@ def test_structured_global_keeps_at_least_one_head_per_block():
 
 def test_structured_on_a_non_bert_model_is_an_error():
     model = nn.Sequential(nn.Linear(4, 4))
-    with pytest.raises(ValueError, match=r"needs BERT-style blocks.*Use structured=False"):
+    with pytest.raises(ValueError, match=r"needs BERT-style blocks.*Use mode='unstructured'"):
         structured_masks(model, heads=0.3)
 
 

@@ -1,13 +1,14 @@
-"""8-bit quantization of Linear layers: bitsandbytes LLM.int8, torch dynamic int8, and int8 fake-quant for QAT.
+"""8-bit quantization of Linear layers: ONNX Runtime dynamic int8, bitsandbytes LLM.int8, int8 fake-quant for QAT.
 
 The functional core of :class:`lit_llm.callbacks.Int8Quantization`.
 
-- ``bitsandbytes``: swaps Linear for ``bnb.nn.Linear8bitLt`` (LLM.int8, Dettmers et al. 2022: int8 weights,
-  outlier features above ``threshold`` in 16/32 bit). Runs on CUDA and, with bitsandbytes >= 0.45, on CPU.
-  Halves-to-quarters memory; speed depends on the kernels of the device.
-- ``torch``: ``torch.ao.quantization.quantize_dynamic`` (int8 weights with a scale per output row,
-  activations quantized per batch).
-  CPU only (fbgemm / qnnpack); the fast one for CPU inference.
+- ``onnxruntime``: the float model is exported to ONNX and its Linear MatMuls are quantized with
+  ``onnxruntime.quantization.quantize_dynamic`` (int8 weights with a scale per output row, activations quantized
+  per batch); the int8 model is an :class:`~lit_llm.quantized_artifacts.OnnxRuntimeModel` over that session, the
+  same file a server loads (see :mod:`lit_llm.quantized_artifacts`). The CPU int8 backend: it replaces
+  ``torch.ao.quantization`` (deprecated by PyTorch, slated for removal).
+- ``bitsandbytes``: swaps Linear for ``bnb.nn.Linear8bitLt`` in place (LLM.int8, Dettmers et al. 2022: int8
+  weights, outlier features above ``threshold`` in 16/32 bit). Runs on CUDA and, with bitsandbytes >= 0.45, on CPU.
 - QAT: :class:`FakeQuantLinear` rounds weights (per output channel) and inputs (per tensor) to the int8 grid in
   the forward pass with a straight-through gradient, so fine-tuning learns weights that survive quantization.
   It shares the original ``weight`` / ``bias`` Parameters, so optimizer state and ``state_dict`` keys are
@@ -31,12 +32,13 @@ __all__ = [
     "add_fake_quant",
     "check_backend",
     "quantize_bitsandbytes",
+    "quantizable_linear_names",
     "quantize_int8",
-    "quantize_torch_dynamic",
     "remove_fake_quant",
 ]
 
-Backend = Literal["bitsandbytes", "torch"]
+Backend = Literal["onnxruntime", "bitsandbytes"]
+BACKENDS: tuple[str, ...] = ("onnxruntime", "bitsandbytes")
 
 # Task heads and the MLM decoder: small, and where the int8 error costs the most accuracy.
 DEFAULT_SKIP: tuple[str, ...] = (r"classifier", r"(^|\.)score$", r"lm_head", r"cls\.predictions", r"qa_outputs")
@@ -52,33 +54,48 @@ def _import_bitsandbytes() -> Any:
         ) from err
 
 
+def import_onnxruntime() -> Any:
+    """``onnxruntime`` (with ``onnx``, which its quantizer needs), or an ImportError with the install command."""
+    try:
+        importlib.import_module("onnx")
+        return importlib.import_module("onnxruntime")
+    except ImportError as err:
+        raise ImportError(
+            "int8 for CPU (backend='onnxruntime') needs onnxruntime and onnx: pip install 'lit-llm[onnx]' "
+            f"(or pip install onnx onnxruntime); import failed with: {err}"
+        ) from err
+
+
 def check_backend(backend: str, device: torch.device | str) -> None:
     """Raise a clear error when ``backend`` cannot run on ``device``.
 
+    ``onnxruntime`` runs on the CPU whatever the trainer's device (inputs are moved there and the logits back):
+    it is what the CPU artifact runs.
+
     Raises:
-        ValueError: an unknown backend, or ``torch`` on a non-CPU device (dynamic int8 kernels are CPU-only).
-        ImportError: bitsandbytes is not installed (with the install command).
+        ValueError: an unknown backend (``torch`` names its replacement).
+        ImportError: onnxruntime / bitsandbytes is not installed (with the install command).
+
+    Example::
+        check_backend("onnxruntime", "cpu")
     """
     device = torch.device(device)
-    if backend == "torch":
-        if device.type != "cpu":
-            raise ValueError(
-                f"Int8Quantization(backend='torch') runs on CPU only (torch dynamic int8 has no {device.type} "
-                "kernels); use backend='bitsandbytes' on CUDA, or test on CPU (Trainer(accelerator='cpu'))."
-            )
-        if "fbgemm" not in torch.backends.quantized.supported_engines and "qnnpack" not in (
-            torch.backends.quantized.supported_engines
-        ):
-            raise ValueError("Int8Quantization(backend='torch'): this torch build has no fbgemm/qnnpack engine.")
+    if backend == "onnxruntime":
+        import_onnxruntime()
     elif backend == "bitsandbytes":
         _import_bitsandbytes()
         if device.type not in ("cpu", "cuda", "xpu"):
             raise ValueError(
                 f"Int8Quantization(backend='bitsandbytes') has no kernels for device {device.type!r}; "
-                "use cpu or cuda, or backend='torch' on CPU."
+                "use cpu or cuda, or backend='onnxruntime' for CPU int8."
             )
+    elif backend == "torch":
+        raise ValueError(
+            "Int8Quantization(backend='torch') was removed with torch.ao.quantization (deprecated by PyTorch): "
+            "use backend='onnxruntime' for int8 on CPU, or 'bitsandbytes' on CUDA."
+        )
     else:
-        raise ValueError(f"Int8Quantization(backend={backend!r}): choose 'bitsandbytes' or 'torch'.")
+        raise ValueError(f"Int8Quantization(backend={backend!r}): choose 'onnxruntime' or 'bitsandbytes'.")
 
 
 def _skipped(name: str, skip: Iterable[str]) -> bool:
@@ -118,41 +135,53 @@ def quantize_bitsandbytes(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP, 
     return count
 
 
-def quantize_torch_dynamic(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) -> int:
-    """Replace each Linear (not matching ``skip``) by torch's dynamic int8 Linear in place (CPU); returns how many.
-
-    Example::
-        quantize_torch_dynamic(model.eval())
-    """
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    count = 0
-    for name, linear in _linears(model, skip):
-        # quantize_dynamic on a one-layer wrapper converts just this layer and leaves the rest untouched.
-        # One weight scale per output row, as FakeQuantLinear trains for: on fine-tuned all-MiniLM-L6-v2 it lost
-        # 0.9 points of accuracy where per-tensor scales lost 1.4, at the same speed.
-        wrapper = nn.Sequential(linear)
-        quantize_dynamic(wrapper, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-        _set(model, name, wrapper[0])
-        count += 1
-    return count
-
-
-def quantize_int8(model: nn.Module, backend: Backend, skip: Iterable[str] = DEFAULT_SKIP) -> int:
-    """Quantize ``model``'s Linear layers in place with ``backend``; returns the number of layers converted.
+def quantizable_linear_names(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) -> list[str]:
+    """Names of the Linear layers int8 would convert (every ``nn.Linear`` not matching ``skip``).
 
     Raises:
-        ValueError / ImportError: see :func:`check_backend`.
+        ValueError: there is none, so an int8 model would be the float one under another name.
 
     Example::
-        quantize_int8(model.eval(), "torch")
+        quantizable_linear_names(model)  # ['bert.encoder.layer.0.attention.self.query', ...]
+    """
+    skip = list(skip)
+    names = [name for name, _ in _linears(model, skip)]
+    if not names:
+        total = sum(1 for m in model.modules() if type(m) is nn.Linear)
+        why = (
+            f"all {total} of its Linear layers match skip={skip!r}; narrow skip"
+            if total
+            else "it has no nn.Linear layer (int8 here quantizes Linear weights only)"
+        )
+        raise ValueError(f"cannot quantize {type(model).__name__} to int8: {why}.")
+    return names
+
+
+def quantize_int8(model: nn.Module, backend: Backend = "onnxruntime", skip: Iterable[str] = DEFAULT_SKIP) -> nn.Module:
+    """The int8 version of ``model`` (put in eval mode).
+
+    ``onnxruntime``: an :class:`~lit_llm.quantized_artifacts.OnnxRuntimeModel` over a session quantized from
+    ``model`` (left unchanged), taking the same keyword inputs and returning ``.logits`` (and ``.loss`` with
+    ``labels``; ``int8_layers`` counts the int8 MatMuls). ``bitsandbytes``: ``model`` itself, its Linear layers
+    swapped in place (:func:`quantize_bitsandbytes` returns how many).
+
+    Raises:
+        ValueError / ImportError: see :func:`check_backend` and :func:`quantizable_linear_names`.
+
+    Example::
+        int8_model = quantize_int8(model, "onnxruntime")
+        logits = int8_model(input_ids=ids, attention_mask=mask).logits
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     check_backend(backend, device)
+    quantizable_linear_names(model, skip)
     model.eval()
-    if backend == "torch":
-        return quantize_torch_dynamic(model, skip)
-    return quantize_bitsandbytes(model, skip)
+    if backend == "onnxruntime":
+        from lit_llm.quantized_artifacts import onnx_int8_model
+
+        return onnx_int8_model(model, skip)
+    quantize_bitsandbytes(model, skip)
+    return model
 
 
 def _fake_quant_int8(x: torch.Tensor, dim: int | None) -> torch.Tensor:
@@ -190,7 +219,7 @@ def add_fake_quant(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) -> int:
     Example::
         add_fake_quant(model)   # fine-tune a little
         remove_fake_quant(model)
-        quantize_int8(model, "torch")
+        int8_model = quantize_int8(model, "onnxruntime")
     """
     count = 0
     for name, linear in _linears(model, skip):

@@ -58,6 +58,7 @@ from lit_llm.distillation import apply_training_objectives, student_from_teacher
 from lit_llm.optim import build_optimizer  # noqa: E402
 from lit_llm.pruning import shrink_structured  # noqa: E402
 from lit_llm.quantization import quantize_int8  # noqa: E402
+from lit_llm.quantized_artifacts import OnnxRuntimeModel  # noqa: E402
 
 LABELS = ["fresh", "rotten"]
 
@@ -131,6 +132,14 @@ def train(
     )
     trainer.fit(module, loader)
     return module
+
+
+def onnx_size(int8: torch.nn.Module, float_model: torch.nn.Module) -> dict[str, Any]:
+    """An int8 ONNX session has no torch parameters: its float model's count and its file's size."""
+    if not isinstance(int8, OnnxRuntimeModel):
+        return {}
+    total, nonzero = count_parameters(float_model)
+    return {"parameters": total, "nonzero_parameters": nonzero, "size_mb": round(int8.size_bytes / 2**20, 2)}
 
 
 def measure(
@@ -249,17 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     removed = shrink_structured(model)
     rows.append(measure("structured: 30% heads removed", model, test_loader, models, **removed))
 
-    for backend in ("torch", "bitsandbytes"):
+    for backend in ("onnxruntime", "bitsandbytes"):
         stage(f"int8 {backend}")
-        model = copy.deepcopy(base).eval()
-        quantize_int8(model, backend)
-        rows.append(measure(f"int8 ({backend})", model, test_loader, models))
+        model = quantize_int8(copy.deepcopy(base).eval(), backend)
+        rows.append(measure(f"int8 ({backend})", model, test_loader, models, **onnx_size(model, base)))
 
-    stage("int8 torch after quantization-aware fine-tuning")
+    stage("int8 onnxruntime after quantization-aware fine-tuning")
     model = copy.deepcopy(base).train()
-    train(model, train_loader, cfg["qat_steps"], 3e-5, work / "qat",
-          [Int8Quantization(backend="torch", apply_on="fit_end", qat_start=0, report=False)])
-    rows.append(measure("int8 (torch) after QAT", model.eval(), test_loader, models))
+    module = train(model, train_loader, cfg["qat_steps"], 3e-5, work / "qat",
+                   [Int8Quantization(apply_on="fit_end", qat_start=0, report=False, export_artifact=False)])
+    rows.append(measure("int8 (onnxruntime) after QAT", module.model, test_loader, models,
+                        **onnx_size(module.model, model)))
 
     students = {}
     for keep_every, layers in ((2, 3), (3, 2)):
@@ -282,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
           [Pruning(amount=0.3, mode="heads_and_neurons", start_step=0, end_step=int(cfg["recover_steps"] * 0.5),
                    frequency=5)])
     shrink_structured(model)
-    quantize_int8(model.eval(), "torch")
-    rows.append(measure("distilled 3L + 30% heads/FFN pruned + int8", model, test_loader, models))
+    int8 = quantize_int8(model.eval(), "onnxruntime")
+    rows.append(measure("distilled 3L + 30% heads/FFN pruned + int8", int8, test_loader, models,
+                        **onnx_size(int8, model)))
 
     stage("latency, round-robin over all variants")
     measured = timings(models, timing_batch, cfg["repeats"])

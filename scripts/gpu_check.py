@@ -214,7 +214,7 @@ def fsdp_smoke(tok: Path, device: torch.device, dry_run: bool) -> dict[str, Any]
 def int8_check(device: torch.device, dry_run: bool) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification
 
-    from lit_llm.quantization import quantize_int8
+    from lit_llm.quantization import quantize_bitsandbytes
 
     config = hf_bert_config(dry_run, num_labels=2)
     torch.manual_seed(0)
@@ -223,7 +223,7 @@ def int8_check(device: torch.device, dry_run: bool) -> dict[str, Any]:
     ref_model = model.to(device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     with torch.no_grad():
         ref = ref_model(input_ids=ids.to(device)).logits.float()
-    replaced = quantize_int8(model.float(), "bitsandbytes")
+    replaced = quantize_bitsandbytes(model.float().eval())
     model.to(device)
     with torch.no_grad():
         out = model(input_ids=ids.to(device)).logits.float()

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         Pruning(amount=0.5, start_step=0, end_step=args.steps // 2, frequency=50, patterns=[r"attention"],
                 report=False),
         DistillationTeacher(teacher=str(paths["teacher"]), temperature=2.0, alpha=0.5),
-        Int8Quantization(backend="torch", apply_on="fit_end", qat_start=0.8, report=False),
+        Int8Quantization(backend="onnxruntime", apply_on="fit_end", qat_start=0.8, report=False),
         StopOnNonFiniteLoss(),
         ExactResume(),
         ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=100, save_last=True),

@@ -565,7 +565,7 @@ def test_pruning_scope_that_does_not_exist():
 def test_qat_fraction_on_an_endless_run(tmp_path):
     from lit_llm.callbacks import Int8Quantization
 
-    cb = Int8Quantization(backend="torch", qat_start=0.5, report=False)
+    cb = Int8Quantization(qat_start=0.5, report=False)
     with pytest.raises(ValueError, match=r"qat_start=0\.5\): a fraction needs a finite run"):
         _trainer(tmp_path, [cb], max_steps=-1, max_epochs=-1).fit(_Tiny(), _loader())
 

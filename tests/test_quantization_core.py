@@ -15,9 +15,11 @@ from lit_llm.quantization import (
     _fake_quant_int8,
     add_fake_quant,
     check_backend,
+    quantizable_linear_names,
     quantize_int8,
     remove_fake_quant,
 )
+from lit_llm.quantized_artifacts import OnnxRuntimeModel
 
 
 def _bert() -> BertForSequenceClassification:
@@ -27,21 +29,51 @@ def _bert() -> BertForSequenceClassification:
     return BertForSequenceClassification(cfg).eval()
 
 
-@pytest.mark.parametrize("backend", ["torch", "bitsandbytes"])
-def test_int8_backends_quantize_all_but_the_head(backend):
+def test_onnxruntime_int8_quantizes_the_block_linears_and_leaves_the_model_float():
+    model = _bert()
+    ids = torch.randint(0, 50, (2, 8))
+    ref = model(input_ids=ids).logits
+    int8 = quantize_int8(model, "onnxruntime")
+    assert isinstance(int8, OnnxRuntimeModel)
+    # the 12 block Linears run as int8 MatMuls; the pooler (a Gemm in ONNX, which ORT's dynamic int8 skips) and
+    # the classifier (skipped by default) stay float
+    assert int8.int8_layers == 2 * 6
+    assert type(model.bert.encoder.layer[0].attention.self.query) is nn.Linear  # the float model is untouched
+    out = int8(input_ids=ids).logits
+    torch.testing.assert_close(out, ref.detach(), atol=0.05, rtol=0.05)  # int8 error is small on this scale
+
+
+def test_bitsandbytes_int8_swaps_all_but_the_head_in_place():
     model = _bert()
     ids = torch.randint(0, 50, (2, 8))
     ref = model(input_ids=ids).logits
     size_before = serialized_size_bytes(model)
-    n = quantize_int8(model, backend)
-    assert n == 2 * 6 + 1  # block Linears and the pooler; the classifier stays float
+    assert quantize_int8(model, "bitsandbytes") is model
     assert type(model.classifier) is nn.Linear
-    assert type(model.bert.encoder.layer[0].attention.self.query) is not nn.Linear
-    out = model(input_ids=ids).logits
-    torch.testing.assert_close(out, ref, atol=0.05, rtol=0.05)  # int8 error is small on this scale
+    assert type(model.bert.encoder.layer[0].attention.self.query).__name__ == "Linear8bitLt"
+    assert type(model.bert.pooler.dense).__name__ == "Linear8bitLt"
+    torch.testing.assert_close(model(input_ids=ids).logits, ref, atol=0.05, rtol=0.05)
     assert serialized_size_bytes(model) < size_before
     total, _ = count_parameters(model)
-    assert total == sum(p.numel() for p in _bert().parameters())  # packed int8 weights are still counted
+    assert total == sum(p.numel() for p in _bert().parameters())  # int8 weights are still counted
+
+
+def test_no_linear_layer_to_quantize_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"cannot quantize Sequential to int8: it has no nn.Linear layer"):
+        quantizable_linear_names(nn.Sequential(nn.Embedding(4, 4), nn.LayerNorm(4)))
+    with pytest.raises(ValueError, match=r"all 14 of its Linear layers match skip=\['.\*'\]; narrow skip"):
+        quantize_int8(_bert(), "onnxruntime", skip=[".*"])
+
+
+def test_onnxruntime_missing_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"needs onnxruntime and onnx: pip install 'lit-llm\[onnx\]'"):
+        check_backend("onnxruntime", "cpu")
+
+
+def test_torch_backend_was_removed_and_names_its_replacement():
+    with pytest.raises(ValueError, match=r"backend='torch'\) was removed.*use backend='onnxruntime'"):
+        check_backend("torch", "cpu")
 
 
 def test_fake_quant_rounds_to_the_int8_grid_with_identity_gradient():
@@ -73,16 +105,11 @@ def test_bitsandbytes_missing_gives_install_hint(monkeypatch):
         check_backend("bitsandbytes", "cpu")
 
 
-def test_torch_backend_unavailable_on_cuda():
-    with pytest.raises(ValueError, match=r"backend='torch'\) runs on CPU only.*use backend='bitsandbytes'"):
-        check_backend("torch", "cuda")
-
-
 def test_bitsandbytes_unavailable_on_mps():
     with pytest.raises(ValueError, match=r"no kernels for device 'mps'"):
         check_backend("bitsandbytes", "mps")
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match=r"backend='int4'"):
+    with pytest.raises(ValueError, match=r"backend='int4'\): choose 'onnxruntime' or 'bitsandbytes'"):
         check_backend("int4", "cpu")

@@ -144,17 +144,24 @@ def _load_sharded(path: Path, map_location: Any) -> dict[str, Any]:
     loop state) go through the same weights-only loading; torch's own planner would unpickle them unrestricted.
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: what dcp.load raises
 
     # Private (checked on torch 2.13): the planner that rebuilds a state dict from the checkpoint's metadata alone,
     # as torch's own dcp_to_torch_save does, and the helper its load_bytes stores nested entries with.
     from torch.distributed.checkpoint._traverse import set_element
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 
+    refusals: list[CheckpointError] = []
+
     class _WeightsOnlyPlanner(_EmptyStateDictLoadPlanner):
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
             # The parent's load_bytes, with the weights-only load instead of its unrestricted torch.load.
             fqn = read_item.dest_index.fqn
-            obj = _load(value, f"{path} (entry {fqn!r})", "cpu", True)
+            try:
+                obj = _load(value, f"{path} (entry {fqn!r})", "cpu", True)
+            except CheckpointError as err:
+                refusals.append(err)  # torch wraps what a planner raises; the caller re-raises this one
+                raise
             if self.flatten_state_dict:
                 set_element(self.original_state_dict, self.mappings[fqn], obj)
             else:
@@ -163,9 +170,11 @@ def _load_sharded(path: Path, map_location: Any) -> dict[str, Any]:
     checkpoint: dict[str, Any] = {}
     try:
         dcp.load(checkpoint, storage_reader=dcp.FileSystemReader(path), planner=_WeightsOnlyPlanner(), no_dist=True)
-    except CheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a missing or corrupt shard: name the directory
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - a refused entry, a missing or corrupt shard
+        if refusals:
+            raise refusals[0] from None
+        if isinstance(err, CheckpointException):  # the rank's traceback; its last line is the cause
+            err = RuntimeError(str(err).strip().splitlines()[-1])
         raise CheckpointError(
             f"{path} is not a readable sharded checkpoint ({_reason(err)}). A shard may be missing or truncated; "
             "use an earlier checkpoint."

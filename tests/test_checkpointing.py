@@ -93,3 +93,40 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert last["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_remote_urls_go_through_fsspec_and_load_weights_only(tmp_path, monkeypatch):
+    import fsspec
+
+    from hostile_checkpoints import Payload
+    from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
+
+    monkeypatch.chdir(tmp_path)  # a remote URL taken for a local path would show up here as memory:/...
+    io_plugin = AtomicCheckpointIO()
+    url = "memory://bucket/run/checkpoints/last.ckpt"
+    checkpoint = {"state_dict": {"w": torch.randn(3, 2)}, "global_step": 7, "hyper_parameters": {"lr": 0.1}}
+    io_plugin.save_checkpoint(checkpoint, url)
+    memory = fsspec.filesystem("memory")
+    assert memory.exists(url) and list(tmp_path.iterdir()) == []
+    loaded = io_plugin.load_checkpoint(url)
+    assert loaded["global_step"] == 7 and loaded["hyper_parameters"] == {"lr": 0.1}
+    assert torch.equal(loaded["state_dict"]["w"], checkpoint["state_dict"]["w"])
+    io_plugin.remove_checkpoint(url)
+    assert not memory.exists(url)
+    with pytest.raises(FileNotFoundError, match="memory://bucket/run/checkpoints/last.ckpt' does not exist"):
+        load_checkpoint_file(url)
+
+    # A remote file gets the same weights-only refusal as a local one.
+    marker = tmp_path / "ran"
+    hostile = "memory://bucket/run/hostile.ckpt"
+    io_plugin.save_checkpoint({"state_dict": {}, "x": Payload("exec", marker)}, hostile)
+    with pytest.raises(CheckpointError, match=r"memory://bucket/run/hostile.ckpt is not a readable checkpoint \(it "):
+        io_plugin.load_checkpoint(hostile)
+    assert not marker.exists()
+
+
+def test_file_urls_are_local_and_atomic(tmp_path):
+    io_plugin = AtomicCheckpointIO()
+    io_plugin.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, f"file://{tmp_path}/a.ckpt")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
+    assert torch.equal(io_plugin.load_checkpoint(f"file://{tmp_path}/a.ckpt")["state_dict"]["w"], torch.ones(2))

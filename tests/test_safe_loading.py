@@ -148,3 +148,156 @@ def test_every_from_pretrained_in_the_library_goes_through_the_remote_code_switc
         if str(path).startswith("lit_llm") and (value is None or ast.unparse(value) != "trust_remote_code()"):
             unsafe.append(f"{path}:{line}")
     assert unsafe == [], f"from_pretrained without trust_remote_code=trust_remote_code() at {unsafe}"
+
+
+# ---------------------------------------------------------------------------------------------------- hostile files
+# Every path that loads a user's checkpoint goes through lit_llm.checkpointing.load_checkpoint_file. Each hostile
+# checkpoint below writes a marker file when unpickled without restriction (test_the_hostile_checkpoints_are_armed);
+# each loading path must refuse it with a CheckpointError that names the file and the global it refused, never advise
+# weights_only=False, and leave no marker. (`--ckpt_path` and the distillation teacher are tested in their own files.)
+def _refuse_with_the_loader(path: Path, tmp_path: Path) -> str:
+    from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
+
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint_file(path)
+    return str(info.value)
+
+
+def _refuse_on_resume(path: Path, tmp_path: Path) -> str:
+    from lit_llm.checkpointing import AtomicCheckpointIO, CheckpointError
+
+    with pytest.raises(CheckpointError) as info:
+        AtomicCheckpointIO().load_checkpoint(path)
+    return str(info.value)
+
+
+def _refuse_at_export(path: Path, tmp_path: Path) -> str:
+    import contextlib
+    import io
+
+    from lit_llm.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["export", str(path), str(tmp_path / "exported")]) == 2
+    assert not (tmp_path / "exported").exists()
+    assert err.getvalue().startswith("lit-llm export: ")
+    return err.getvalue()
+
+
+def _refuse_best_checkpoint_reload(path: Path, tmp_path: Path) -> str:
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_llm.checkpointing import CheckpointError
+    from lit_llm.modules.best_checkpoint import restore_best_checkpoint
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+    module, checkpoint = Tiny(), ModelCheckpoint(dirpath=tmp_path / "ckpts")
+    module.trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[checkpoint], enable_progress_bar=False)
+    checkpoint.best_model_path = str(path)  # as if the fit had ranked this file best
+    before = module.layer.weight.detach().clone()
+    with pytest.raises(CheckpointError) as info:
+        restore_best_checkpoint(module)
+    assert torch.equal(before, module.layer.weight)
+    return str(info.value)
+
+
+_LOADING_PATHS = {
+    "load_checkpoint_file": _refuse_with_the_loader,
+    "resume": _refuse_on_resume,
+    "export": _refuse_at_export,
+    "best_checkpoint": _refuse_best_checkpoint_reload,
+}
+
+
+@pytest.mark.parametrize("how", ["exec", "eval", "os.system", "subprocess.call", "__import__"])
+def test_the_hostile_checkpoints_are_armed(tmp_path, monkeypatch, how):
+    import torch
+
+    from hostile_checkpoints import forget_module, hostile_checkpoint
+
+    path, marker = hostile_checkpoint(tmp_path, how)
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    forget_module(tmp_path)
+    torch.load(path, weights_only=False)  # what an unrestricted loader does: this test's control, never the library
+    forget_module(tmp_path)
+    assert marker.exists(), f"the {how} payload did not run under an unrestricted load"
+
+
+@pytest.mark.parametrize("loading_path", sorted(_LOADING_PATHS))
+@pytest.mark.parametrize("how", ["exec", "eval", "os.system", "subprocess.call", "__import__"])
+def test_no_loading_path_runs_code_from_a_hostile_checkpoint(tmp_path, monkeypatch, how, loading_path):
+    from hostile_checkpoints import GLOBAL_NAMES, forget_module, hostile_checkpoint
+
+    path, marker = hostile_checkpoint(tmp_path, how)
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    forget_module(tmp_path)
+    message = _LOADING_PATHS[loading_path](path, tmp_path)
+    forget_module(tmp_path)
+    assert not marker.exists(), f"{loading_path} ran the {how} payload"
+    assert str(path) in message and "is not a readable checkpoint (it needs the unsafe globals" in message
+    assert GLOBAL_NAMES[how] in message  # the refused global is named
+    assert "weights_only=False" not in message and "two options" not in message and "\x1b[" not in message
+
+
+def test_a_sharded_checkpoint_with_a_hostile_entry_runs_no_code(tmp_path):
+    """torch's own distributed-checkpoint planner unpickles non-tensor entries without restriction (the control
+    below); the loader reads them weights-only, the shards' entries and Lightning's meta.pt alike."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    from hostile_checkpoints import Payload
+    from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
+
+    for where in ("entry", "meta"):
+        folder, marker = tmp_path / f"sharded_{where}", tmp_path / f"marker_{where}"
+        state = {"state_dict": {"layer.weight": torch.zeros(1, 2)}}
+        if where == "entry":
+            state["optimizer_0"] = {"param_groups": [{"lr": Payload("exec", marker)}]}
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(folder), no_dist=True)
+        torch.save({"hyper_parameters": {"x": Payload("exec", marker)} if where == "meta" else {}}, folder / "meta.pt")
+        with pytest.raises(CheckpointError, match=r"it needs the unsafe globals \['builtins.exec'\]") as info:
+            load_checkpoint_file(folder)
+        assert str(folder) in str(info.value) and not marker.exists()
+        if where == "entry":  # control: Lightning's consolidation (torch's planner) runs the payload
+            _load_distributed_checkpoint(folder)
+            assert marker.exists()
+
+
+def test_the_allowlist_is_exact_names_of_inert_classes_each_with_a_reason():
+    import importlib
+
+    from lit_llm import checkpointing
+    from lit_llm.checkpointing import ALLOWED_GLOBALS
+
+    source = Path(checkpointing.__file__).read_text()
+    block = source[source.index("ALLOWED_GLOBALS: tuple"):].split("\n)\n")[0].splitlines()[1:]
+    assert len(block) == len(ALLOWED_GLOBALS)
+    for line, name in zip(block, ALLOWED_GLOBALS, strict=True):
+        assert line.strip().startswith(repr(name).replace("'", '"') + ",  # "), f"{name}: one line, with its reason"
+        module, _, attr = name.rpartition(".")
+        obj = getattr(importlib.import_module(module), attr)
+        assert isinstance(obj, type) and f"{obj.__module__}.{obj.__qualname__}" == name  # exact, not a prefix
+        assert module.split(".")[0] not in ("builtins", "os", "posix", "subprocess", "importlib", "sys", "shutil")
+        assert not any(n in name for n in ("eval", "exec", "system", "import", "getattr"))
+
+
+def test_a_path_among_hyper_parameters_loads_and_is_what_the_allowlist_admits(tmp_path):
+    import pickle
+
+    import torch
+
+    from lit_llm.checkpointing import load_checkpoint_file
+
+    path = tmp_path / "user.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"data_dir": tmp_path / "data"}}, path)
+    with pytest.raises(pickle.UnpicklingError):  # torch alone refuses it ...
+        torch.load(path, weights_only=True)
+    assert load_checkpoint_file(path)["hyper_parameters"]["data_dir"] == tmp_path / "data"  # ... the loader admits it

@@ -27,7 +27,12 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_llm.callbacks.progress import PlainProgressBar
 from lit_llm.callbacks.resume import ExactResume
-from lit_llm.checkpointing import AtomicCheckpointIO, load_checkpoint_file, require_lightning_checkpoint
+from lit_llm.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    load_checkpoint_file,
+    require_lightning_checkpoint,
+)
 from lit_llm.errors import UserInputError
 
 __all__ = [
@@ -102,11 +107,35 @@ def validate_ckpt_path(ckpt_path: str | None) -> None:
     corrupt, foreign or code-carrying file into a :class:`~lit_llm.checkpointing.CheckpointError` naming it.
     Keywords (``last``, ``best``) and directories (sharded checkpoints) are left to the Trainer.
 
+    LightningCLI then parses the hyperparameters into the config, importing the module of every ``class_path``
+    they name: a module import runs that module's code. So each class path in the hyperparameters must come from a
+    module this run has already imported (the config's own classes are imported when it is parsed).
+
     Raises:
-        CheckpointError: the file is not a readable Lightning checkpoint.
+        CheckpointError: the file is not a readable Lightning checkpoint, or its hyperparameters name a class of a
+            module the run has not imported.
     """
-    if ckpt_path and Path(ckpt_path).is_file():
-        require_lightning_checkpoint(load_checkpoint_file(ckpt_path), ckpt_path)
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return
+    checkpoint = require_lightning_checkpoint(load_checkpoint_file(ckpt_path), ckpt_path)
+    for class_path in _class_paths(checkpoint.get("hyper_parameters")):
+        module = class_path.rpartition(".")[0]
+        if module not in sys.modules:
+            raise CheckpointError(
+                f"{ckpt_path}: its hyper_parameters name the class {class_path!r} of module {module!r}, which this run "
+                "has not imported; lit-llm does not import code because a checkpoint names it. If you trust it, name "
+                "the class in your config (e.g. --model.class_path), or resume a checkpoint written by this model."
+            )
+
+
+def _class_paths(value: Any) -> list[str]:
+    """Every string under a ``class_path`` / ``_class_path`` key of nested dicts and lists."""
+    if isinstance(value, dict):
+        found = [v for k, v in value.items() if k in ("class_path", "_class_path") and isinstance(v, str)]
+        return found + [p for v in value.values() for p in _class_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _class_paths(v)]
+    return []
 
 
 def configure_wandb_mode(environ: dict[str, str] | None = None) -> str:

@@ -153,6 +153,8 @@ def quantizable_linear_names(model: nn.Module, skip: Iterable[str] = DEFAULT_SKI
             if total
             else "it has no nn.Linear layer (int8 here quantizes Linear weights only)"
         )
+        if any(type(m).__name__ == "Conv1D" for m in model.modules()):
+            why += "; its transformers Conv1D layers (GPT-2 style) are not quantized by lit-llm's int8"
         raise ValueError(f"cannot quantize {type(model).__name__} to int8: {why}.")
     return names
 

@@ -63,6 +63,11 @@ def test_no_linear_layer_to_quantize_is_a_clear_error():
         quantizable_linear_names(nn.Sequential(nn.Embedding(4, 4), nn.LayerNorm(4)))
     with pytest.raises(ValueError, match=r"all 14 of its Linear layers match skip=\['.\*'\]; narrow skip"):
         quantize_int8(_bert(), "onnxruntime", skip=[".*"])
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_embd=8, n_layer=1, n_head=2, n_positions=8))
+    with pytest.raises(ValueError, match=r"lm_head.*its transformers Conv1D layers \(GPT-2 style\) are not quantized"):
+        quantizable_linear_names(gpt2)
 
 
 def test_onnxruntime_missing_gives_install_hint(monkeypatch):

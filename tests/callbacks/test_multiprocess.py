@@ -172,15 +172,9 @@ class DumpLogits(Callback):
         ids = torch.stack([item["input_ids"] for item in _items()])
         with torch.no_grad():
             logits = pl_module.model(input_ids=ids).logits
-        kinds = sorted(
-            {
-                f"{type(m).__module__}.{type(m).__name__}"
-                for m in pl_module.model.bert.encoder.modules()
-                if type(m).__name__ == "Linear"
-            }
-        )
+        kind = f"{type(pl_module.model).__module__}.{type(pl_module.model).__name__}"
         (self.out / f"logits{trainer.global_rank}.json").write_text(
-            json.dumps({"logits": logits.tolist(), "linear_types": kinds})
+            json.dumps({"logits": logits.tolist(), "model_type": kind, "int8_layers": pl_module.model.int8_layers})
         )
 
 
@@ -190,13 +184,14 @@ def test_int8_quantization_on_two_processes_equals_one(tmp_path):
 
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
-    _trainer(devices=1, callbacks=[Int8Quantization(backend="torch", report=False), DumpLogits(one)]).test(
+    _trainer(devices=1, callbacks=[Int8Quantization(report=False), DumpLogits(one)]).test(
         Student(micro_batch=4)
     )
     _trainer(
-        devices=2, strategy="ddp_spawn", callbacks=[Int8Quantization(backend="torch", report=False), DumpLogits(two)]
+        devices=2, strategy="ddp_spawn", callbacks=[Int8Quantization(report=False), DumpLogits(two)]
     ).test(Student(micro_batch=4))
     single = json.loads((one / "logits0.json").read_text())
     ranks = [json.loads((two / f"logits{r}.json").read_text()) for r in (0, 1)]
-    assert single["linear_types"] == ["torch.ao.nn.quantized.dynamic.modules.linear.Linear"]  # all int8
+    assert single["model_type"] == "lit_llm.quantized_artifacts.OnnxRuntimeModel"  # the int8 ONNX session
+    assert single["int8_layers"] > 0
     assert ranks[0] == ranks[1] == single  # each replica quantizes identically, as one process does

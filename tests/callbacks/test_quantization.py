@@ -51,6 +51,7 @@ class TokenizedClassifier(UserClassifier):
         self.tokenizer = tokenizer
 
 
+@pytest.mark.slow
 def test_fit_writes_an_int8_artifact_a_fresh_process_serves_like_the_in_memory_int8_model(
     tmp_path, tiny_tokenizer, monkeypatch
 ):

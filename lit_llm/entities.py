@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import torch
 from torchmetrics import Metric
@@ -70,7 +70,7 @@ def check_scheme(scheme: str) -> TagScheme:
             f"unknown tag scheme {scheme!r}: use 'BIO' (also called IOB2: every entity starts with B-) or 'BIOES' "
             "(B-, I-, E- for multi-token entities, S- for single tokens)."
         )
-    return scheme  # type: ignore[return-value]
+    return cast(TagScheme, scheme)  # checked just above
 
 
 def parse_tag(tag: str) -> tuple[str, str]:
@@ -357,6 +357,13 @@ class EntityMetric(Metric):
     """
 
     full_state_update = False
+    # States registered by add_state, declared so that type checkers see Tensors (torchmetrics' own idiom) rather
+    # than nn.Module.__getattr__'s ``Tensor | Module``.
+    tp: torch.Tensor
+    n_pred: torch.Tensor
+    n_gold: torch.Tensor
+    token_correct: torch.Tensor
+    token_total: torch.Tensor
 
     def __init__(
         self,

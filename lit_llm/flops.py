@@ -18,8 +18,9 @@ under 1 / (12 * L).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 
 __all__ = ["TransformerShape", "matmul_params", "transformer_shape", "transformer_flops", "flops_per_batch"]
@@ -54,7 +55,8 @@ def matmul_params(model: nn.Module) -> int:
     for module in model.modules():
         # Conv1D is GPT-2's transposed Linear; matched by name so any copy of it (and no import) works.
         if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
-            total += module.weight.numel()
+            # Both hold a Parameter ``weight``; nn.Module.__getattr__ is typed ``Tensor | Module``.
+            total += cast(torch.Tensor, module.weight).numel()
     return total
 
 

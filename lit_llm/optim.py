@@ -65,7 +65,8 @@ def no_decay_param_groups(model: nn.Module, weight_decay: float | None = None) -
     Example::
         optimizer = torch.optim.AdamW(no_decay_param_groups(model), lr=2e-5, weight_decay=0.01)
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, module, local, param in _named_trainable(model):
         (no_decay if is_no_decay(module, local) else decay).append(param)
     decay_group: dict[str, Any] = {"params": decay, "group_name": "decay"}

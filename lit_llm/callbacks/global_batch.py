@@ -59,10 +59,11 @@ def micro_batch_size_of(trainer: pl.Trainer) -> int | None:
     Loading the train dataloader here is what ``trainer.estimated_stepping_batches`` does too; the datamodule
     attribute is tried first because it costs nothing.
     """
-    datamodule = trainer.datamodule
+    # Trainer sets ``datamodule`` and ``callbacks`` from its connectors, so its class does not declare them.
+    datamodule: pl.LightningDataModule | None = getattr(trainer, "datamodule", None)
     if datamodule is not None:
-        for source in (datamodule, getattr(datamodule, "hparams", {})):
-            value = getattr(source, "batch_size", None) if source is datamodule else source.get("batch_size")
+        hparams = getattr(datamodule, "hparams", {})
+        for value in (getattr(datamodule, "batch_size", None), hparams.get("batch_size")):
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
     if trainer.train_dataloader is None:
@@ -128,7 +129,8 @@ class GlobalBatchSize(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if any(isinstance(cb, GradientAccumulationScheduler) for cb in trainer.callbacks):
+        callbacks: list[Callback] = getattr(trainer, "callbacks", [])  # set by Lightning's CallbackConnector
+        if any(isinstance(cb, GradientAccumulationScheduler) for cb in callbacks):
             raise ValueError(
                 "GlobalBatchSize and GradientAccumulationScheduler both set accumulate_grad_batches; keep only one."
             )

@@ -120,7 +120,10 @@ class TransformerThroughputMonitor(ThroughputMonitor):
             model = getattr(pl_module, self.model_attr, pl_module)
             self._shape = transformer_shape(model)
         batch_size, seq_len = batch_input_ids(batch, self.input_key).shape  # (B, T)
-        pl_module.flops_per_batch = transformer_flops(self._shape, batch_size, seq_len, training=training)
+        # nn.Module.__setattr__ is typed for Tensor | Module values only; Lightning's ThroughputMonitor reads this int.
+        pl_module.flops_per_batch = transformer_flops(  # type: ignore[assignment]
+            self._shape, batch_size, seq_len, training=training
+        )
 
     @override
     def on_train_batch_start(

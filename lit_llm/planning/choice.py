@@ -10,8 +10,8 @@ __all__ = ["Strategy", "Precision", "STRATEGIES", "PRECISIONS", "PlanChoice"]
 
 Strategy = Literal["ddp", "fsdp-full", "fsdp-grad-op", "fsdp-hybrid"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
-STRATEGIES: tuple[str, ...] = ("ddp", "fsdp-full", "fsdp-grad-op", "fsdp-hybrid")
-PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")
+STRATEGIES: tuple[Strategy, ...] = ("ddp", "fsdp-full", "fsdp-grad-op", "fsdp-hybrid")
+PRECISIONS: tuple[Precision, ...] = ("32-true", "bf16-mixed", "16-mixed")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class PlanChoice:
 
     @property
     def label(self) -> str:
-        parts = [self.strategy, self.precision]
+        parts: list[str] = [self.strategy, self.precision]
         if self.checkpointing:
             parts.append("ckpt")
         if self.optimizer_8bit:

@@ -7,6 +7,7 @@ batch size is the micro-batch. Data paths are placeholders unless given: the pla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ def plan_config(req: PlanRequest, best: Candidate, data_path: str | None = None,
 
 
 def emit_config(
-    req: PlanRequest, best: Candidate, path: str | Path, data_path: str | None = None, reasons: list[str] = ()
+    req: PlanRequest, best: Candidate, path: str | Path, data_path: str | None = None, reasons: Sequence[str] = ()
 ) -> Path:
     """Write :func:`plan_config` as YAML to ``path``, headed by the plan and its reasons as comments.
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
-from lit_llm.planning.choice import PRECISIONS, STRATEGIES, PlanChoice
+from lit_llm.planning.choice import PRECISIONS, STRATEGIES, PlanChoice, Precision, Strategy
 from lit_llm.planning.memory import Attention, MemoryEstimate, estimate_memory
 from lit_llm.planning.params import TASKS, Task, parameter_tensors
 from lit_llm.planning.presets import GIB, HardwareSpec, ModelDims
@@ -205,7 +205,7 @@ def _precision_ok(precision: str, hw: HardwareSpec) -> bool:
     return _PRECISION_PEAK[precision] in hw.peak_tflops
 
 
-def _precisions(hw: HardwareSpec) -> list[str]:
+def _precisions(hw: HardwareSpec) -> list[Precision]:
     return [p for p in PRECISIONS if _precision_ok(p, hw)]
 
 
@@ -215,14 +215,16 @@ def _divisors(n: int) -> list[int]:
 
 def _choices(req: PlanRequest) -> list[PlanChoice]:
     world, hw = req.world_size, req.hardware
+    # req.strategy / req.precision were checked against STRATEGIES / PRECISIONS in PlanRequest.__post_init__.
+    strategies: list[Strategy]
     if req.strategy:
-        strategies = [req.strategy]
+        strategies = [cast(Strategy, req.strategy)]
     else:
         strategies = ["ddp"]
         if hw.is_gpu:
             strategies += ["fsdp-full", "fsdp-grad-op"] if world > 1 else ["fsdp-full"]  # 1 device: for offload
             strategies += ["fsdp-hybrid"] if req.nodes > 1 else []
-    precisions = [req.precision] if req.precision else _precisions(hw)
+    precisions = [cast(Precision, req.precision)] if req.precision else _precisions(hw)
     per_device = req.global_batch // world
     micros = [req.micro_batch] if req.micro_batch else _divisors(per_device)
     out = []
@@ -238,7 +240,7 @@ def _choices(req: PlanRequest) -> list[PlanChoice]:
                             continue  # one device has nothing to shard
                         for mb in micros:
                             out.append(PlanChoice(strategy, precision, ckpt, adam8, offload, mb, per_device // mb,
-                                                  world, req.devices))  # type: ignore[arg-type]
+                                                  world, req.devices))
     return out
 
 

@@ -61,7 +61,7 @@ def flops_per_token(dims: ModelDims, task: Task, seq: int, checkpointing: bool =
     """
     n = matmul_parameters(dims, task)
     head = dims.vocab * dims.hidden if task in ("mlm", "clm") else 0
-    blocks = 6 * (n - head) + 12 * dims.num_layers * seq * dims.hidden
+    blocks: float = 6 * (n - head) + 12 * dims.num_layers * seq * dims.hidden
     if checkpointing:
         blocks *= 4 / 3
     return float(blocks + 6 * head)

@@ -304,7 +304,11 @@ class DistillationTeacher(Callback):
             t_width = _width(teacher)
             for s_idx in self.hidden_layers:
                 if s_width != t_width:
-                    self.projections[str(s_idx)] = nn.Linear(s_width, t_width)
+                    # Seeded by the block index, on a forked RNG: the same init on every DDP rank and in every run,
+                    # and the global random stream (dropout, sampling) is left as it was.
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(s_idx)
+                        self.projections[str(s_idx)] = nn.Linear(s_width, t_width)
             if self._pending_projection_state:
                 self.projections.load_state_dict(self._pending_projection_state)
         rank_zero_info(f"DistillationTeacher: teacher {type(teacher).__name__} from {self.teacher_spec!r}.")

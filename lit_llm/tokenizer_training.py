@@ -67,6 +67,7 @@ def train_tokenizer(
         raise ValueError(f"train_tokenizer(kind={kind!r}): choose 'wordpiece' (BERT-style) or 'bpe' (GPT-2-style).")
     if vocab_size < 100:
         raise ValueError(f"train_tokenizer(vocab_size={vocab_size!r}): use at least 100 (BERT uses 30522).")
+    trainer: trainers.Trainer
     if kind == "wordpiece":
         specials = _WORDPIECE_SPECIALS
         tok = Tokenizer(models.WordPiece(unk_token=specials["unk_token"]))

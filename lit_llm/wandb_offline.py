@@ -101,7 +101,8 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         path = find_run_file(path)
     run = OfflineRun(path=path)
     for raw in _frames(path.read_bytes()):
-        record = pb.Record()
+        # protobuf builds the message classes when the module is imported; wandb ships no stubs declaring them.
+        record = pb.Record()  # type: ignore[attr-defined]
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
         if kind == "history":

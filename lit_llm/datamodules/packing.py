@@ -106,7 +106,7 @@ class BlockPacker:
 
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
-        self._buffer: Columns = {name: [] for name in FIELDS}
+        self._buffer: dict[str, list[int]] = {name: [] for name in FIELDS}  # one flat token stream per field
 
     def add(self, example: dict[str, list[int]]) -> Iterator[dict[str, list[int]]]:
         for name in FIELDS:

@@ -249,6 +249,7 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         if split in self._sentences:
             return self._sentences[split]
         file = self.files.get(split)
+        sents: list[TaggedSentence] | None
         if file is not None:
             sents = read_tagged(file, self.tokens_column, self.tags_column, labelled=split != "predict")
         elif self.dataset_name is not None:

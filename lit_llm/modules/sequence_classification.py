@@ -23,7 +23,7 @@ from torchmetrics.classification import (
     MultilabelRecall,
     MultilabelStatScores,
 )
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_llm.distillation import apply_training_objectives
 from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer, trust_remote_code
@@ -132,7 +132,7 @@ class SequenceClassifier(pl.LightningModule):
         self.export_path: Path | None = None
         self.report_path: Path | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
-        self.model: torch.nn.Module | None = None
+        self.model: PreTrainedModel | None = None
         self.labels = list(labels) if labels is not None else _labels_in_config(model)
         self.multi_label = multi_label
         if self.labels is not None:
@@ -163,13 +163,13 @@ class SequenceClassifier(pl.LightningModule):
         # from_pretrained returns the model in eval mode and Lightning keeps submodules' modes: without this,
         # dropout would stay off during training.
         self.model.train()
-        if self.hparams.gradient_checkpointing:
+        if self.hparams["gradient_checkpointing"]:
             # transformers >= 5.2x renamed gradient_checkpointing_enable; support both.
             if hasattr(self.model, "activation_checkpointing_enable"):
                 self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.hparams.compile:
+        if self.hparams["compile"]:
             self.model.compile()
         self._build_metrics()
 

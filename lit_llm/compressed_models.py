@@ -327,7 +327,7 @@ def _rebuild(
             f"expected a transformers PreTrainedModel (save_pretrained, config), got {type(model).__name__}"
         )
     state = full_state_dict(model) if state_dict is None else state_dict
-    copy = type(model)(_config_copy(model.config))
+    copy = _plain_class(model)(_config_copy(model.config))
     widths = {}
     units = {u.block: u for u in find_structured_units(model)} if _has_blocks(model) else {}
     mods = dict(model.named_modules())
@@ -348,6 +348,16 @@ def _rebuild(
     return copy.eval()
 
 
+def _plain_class(model: PreTrainedModel) -> type[PreTrainedModel]:
+    """The transformers class of ``model``; under FSDP2 ``fully_shard`` swapped in a subclass ``FSDP<Class>``."""
+    cls = type(model)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch build without distributed
+        return cls
+    return next(c for c in cls.__mro__ if not issubclass(c, FSDPModule)) if issubclass(cls, FSDPModule) else cls
+
+
 def _has_blocks(model: nn.Module) -> bool:
     try:
         find_structured_units(model)
@@ -359,7 +369,7 @@ def _has_blocks(model: nn.Module) -> bool:
 def _rebuild_dense_count(model: PreTrainedModel) -> int:
     """Parameters of the same architecture at full size (from the config alone, on the meta device)."""
     with torch.device("meta"):
-        dense = type(model)(_config_copy(model.config))
+        dense = _plain_class(model)(_config_copy(model.config))
     return sum(p.numel() for p in dense.parameters())
 
 

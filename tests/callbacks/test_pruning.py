@@ -128,6 +128,9 @@ def test_ddp_spawn_two_processes(tmp_path):
     names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layer." in n]
     zeros, total = measure_sparsity(model, names)
     assert zeros == round(0.5 * total)
+    # rank 0 wrote the artifact (in its worker process), with the same zeros
+    reloaded = load_pruned(tmp_path / "export-pruned")
+    assert measure_sparsity(reloaded, [n.removeprefix("model.") for n in names]) == (zeros, total)
 
 
 def test_works_when_the_module_builds_its_model_in_setup(tmp_path):
@@ -158,6 +161,10 @@ def test_fsdp2_sharded_parameters_two_processes(tmp_path):
         assert r["is_dtensor"] and r["local_rows"] == 16  # the 32-row output projection, one half per rank
         assert r["zeros"] == round(0.5 * r["total"])  # exact over the whole (gathered) weights
         assert r["logged"] == pytest.approx(r["zeros"] / r["total"])  # logged sparsity summed over shards
+    # the artifact was gathered from the shards: the reloaded model has exactly the pruned zeros
+    reloaded = load_pruned(tmp_path / "export-pruned")
+    names = [f"{n}.weight" for n, m in reloaded.named_modules() if isinstance(m, torch.nn.Linear) and ".layer." in n]
+    assert measure_sparsity(reloaded, names) == (ranks[0]["zeros"], ranks[0]["total"])
 
 
 # ------------------------------------------------------------------------------------------------ the artifact

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(),
         "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
         "seconds": round(time.perf_counter() - start, 1),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),  # other processes share the cores
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         "# CPU serving backends: int8 and bf16 vs fp32", "",
         f"`{meta['command']}` ({meta['seconds']} s). {meta['model']}, sequence length {args.seq}, 1 thread, "
         f"median of {args.rounds} (batch 32) / {4 * args.rounds} (batch 1) interleaved rounds. "
-        f"torch {meta['torch']}, onnxruntime {meta['onnxruntime']}.", "",
+        f"torch {meta['torch']}, onnxruntime {meta['onnxruntime']}. 1-minute load average at the end: "
+        f"{meta['load_average_1min_at_end']} (absolute times grow with it; the interleaving keeps ratios fair).", "",
         "CPU flags: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in meta["cpu_flags"].items()), "",
         "| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
     ]

@@ -72,7 +72,8 @@ class Int8Quantization(Callback):
     is ``pl_module.tokenizer`` or else ``trainer.datamodule.tokenizer`` (a warning when there is none). Unmet
     parts of the contract raise at fit / test start.
 
-    Artifact: written at fit end (after fake-quant layers are removed) to ``artifact_dir``, by default
+    Artifact: written at fit end (after fake-quant layers are removed and our modules restored their best
+    checkpoint, so it holds the weights of the float export) to ``artifact_dir``, by default
     ``<trainer.default_root_dir>/export-int8``, on global rank zero; its path is logged and recorded in the
     report. A non-empty directory is refused at fit start (nothing is ever overwritten).
     ``export_artifact=False`` turns it off.
@@ -197,13 +198,18 @@ class Int8Quantization(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Before our modules' on_fit_end exports: the export must hold plain Linear layers.
         remove_fake_quant(pl_module)
-        self._fit_ended = True  # teardown also runs after a failed fit, which must not switch to int8
-        if self.export_artifact and trainer.is_global_zero:
-            self._write_artifact(trainer, pl_module)
+        self._fit_ended = True  # teardown also runs after a failed fit, which must write and switch nothing
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self.apply_on == "fit_end"  and self._fit_ended:
+        if stage != "fit" or not self._fit_ended:
+            return
+        self._fit_ended = False
+        # Here, not in on_fit_end: our modules restore their best checkpoint in their own on_fit_end, which runs
+        # after the callbacks', and the artifact must hold the weights the float export holds.
+        if self.export_artifact and trainer.is_global_zero:
+            self._write_artifact(trainer, pl_module)
+        if self.apply_on == "fit_end":
             self._quantize(trainer, pl_module)
 
     @override

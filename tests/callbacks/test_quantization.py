@@ -18,7 +18,7 @@ from torch import nn
 import lit_llm.callbacks.quantization as quantization_callback
 from lit_llm.callbacks import Int8Quantization
 from lit_llm.quantization import FakeQuantLinear
-from lit_llm.quantized_artifacts import INT8_ONNX_FILE, OnnxRuntimeModel, export_bf16
+from lit_llm.quantized_artifacts import INT8_ONNX_FILE, OnnxRuntimeModel, export_bf16, load_int8_onnx
 
 TEXTS = ["a good movie", "the worst film and a boring plot", "fun", "i loved the acting but not the ending"]
 
@@ -113,6 +113,28 @@ def test_bitsandbytes_backend_quantizes_in_place_and_writes_an_hf_artifact(tmp_p
     assert type(model.model.classifier) is nn.Linear  # the head is skipped by default
     after = json.loads((tmp_path / "compression_report.json").read_text())["sections"]["int8_quantized"]
     assert 0.0 <= after["prediction_agreement"] <= 1.0
+
+
+def test_artifact_holds_the_weights_the_module_ends_fit_with(tmp_path, monkeypatch):
+    # Our modules restore their best checkpoint in their own on_fit_end, after the callbacks' on_fit_end.
+    class RestoresBest(UserClassifier):
+        def on_fit_end(self) -> None:
+            with torch.no_grad():
+                self.model.classifier.weight.mul_(-3.0)  # stands in for loading other (best) weights
+
+    said = []
+    monkeypatch.setattr(quantization_callback, "rank_zero_info", said.append)
+    model = RestoresBest()
+    hf_model = model.model
+    t = trainer(tmp_path, [Int8Quantization(apply_on="fit_end", report=False)], max_steps=2)
+    t.fit(model, loader())
+    # the switch to int8 found the artifact made from the final weights (a stale one would be re-quantized)
+    assert any(f"the artifact in {tmp_path / 'export-int8'}" in line for line in said)
+    assert isinstance(model.model, OnnxRuntimeModel)
+    ids = loader().dataset.ids[:8]
+    served = load_int8_onnx(tmp_path / "export-int8")(input_ids=ids).logits
+    with torch.no_grad():
+        torch.testing.assert_close(served, hf_model(input_ids=ids).logits, atol=0.05, rtol=0.05)
 
 
 def test_quantize_after_fit_without_artifact(tmp_path):

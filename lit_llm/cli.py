@@ -40,6 +40,7 @@ __all__ = [
     "configure_wandb_mode",
     "help_text",
     "is_user_error",
+    "user_error",
     "main",
     "next_run_dir",
     "resume_target",
@@ -96,6 +97,23 @@ def is_user_error(err: BaseException) -> bool:
     if isinstance(err, UserInputError):
         return True
     return isinstance(err, FileNotFoundError) and err.errno is None
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user error that ``err`` is, or was raised from (``raise ... from``), or None.
+
+    jsonargparse wraps an ``__init__`` error of a ``trainer.callbacks`` entry in its own ``ValueError`` ("Does not
+    validate against any of the Union subtypes") raised from it; the user needs the inner message, not the wrapper.
+    Only explicit causes are followed, never the context of an error raised while handling another.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if is_user_error(current):
+            return current
+        seen.add(id(current))
+        current = current.__cause__
+    return None
 
 
 def validate_ckpt_path(ckpt_path: str | None) -> None:
@@ -425,9 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, from_sys_argv=argv is None)
     except Exception as err:
-        if not is_user_error(err) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        cause = user_error(err)
+        if cause is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
-        print(f"lit-llm: {err}", file=sys.stderr)
+        print(f"lit-llm: {cause}", file=sys.stderr)
         return 2
 
 

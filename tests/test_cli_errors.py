@@ -16,7 +16,15 @@ import yaml
 
 from lit_llm.callbacks import PlainProgressBar
 from lit_llm.checkpointing import CheckpointError
-from lit_llm.cli import EXTRA_SUBCOMMANDS, LIGHTNING_SUBCOMMANDS, LitLLMCLI, help_text, is_user_error, main
+from lit_llm.cli import (
+    EXTRA_SUBCOMMANDS,
+    LIGHTNING_SUBCOMMANDS,
+    LitLLMCLI,
+    help_text,
+    is_user_error,
+    main,
+    user_error,
+)
 from lit_llm.datamodules.files import DataFileError
 from lit_llm.errors import InvalidArgumentError
 
@@ -79,6 +87,17 @@ def test_which_errors_are_the_users():
     assert not is_user_error(FileNotFoundError(2, "No such file or directory", "/tmp/x"))  # from open(): maybe a bug
     assert not is_user_error(ValueError("too broad: could be a bug"))
     assert not is_user_error(KeyError("state_dict"))
+    try:  # a wrapper raised *from* a user error reports the user error; an error *during* handling one does not
+        raise ValueError("Does not validate against any of the Union subtypes") from DataFileError("x.csv: bad")
+    except ValueError as wrapper:
+        assert str(user_error(wrapper)) == "x.csv: bad"
+    try:
+        try:
+            raise DataFileError("x.csv: bad")
+        except DataFileError:
+            raise KeyError("a bug while handling it") from None
+    except KeyError as bug:
+        assert user_error(bug) is None
 
 
 def test_a_user_error_prints_one_line_and_exits_2(tmp_path, tiny_bert_dir, sentiment_csvs, capsys, monkeypatch):
@@ -92,6 +111,18 @@ def test_a_user_error_prints_one_line_and_exits_2(tmp_path, tiny_bert_dir, senti
     monkeypatch.setenv("LIT_LLM_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(["fit", "--config", str(config)])
+
+
+def test_an_invalid_callback_argument_prints_one_line(tmp_path, tiny_bert_dir, sentiment_csvs, capsys, monkeypatch):
+    # jsonargparse wraps the callback's error in its own ValueError; the user's message is the one printed.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIT_LLM_TRACEBACK", raising=False)
+    bar = {"class_path": "lit_llm.callbacks.PlainProgressBar", "init_args": {"every_n_steps": -1}}
+    config = _config(tmp_path, tiny_bert_dir, sentiment_csvs["train"], sentiment_csvs["val"], callbacks=[bar])
+    assert main(["fit", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lit-llm: PlainProgressBar(every_n_steps=-1, every_n_seconds=30.0): intervals must be >= 0")
+    assert "Union subtypes" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

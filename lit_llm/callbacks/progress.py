@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 from typing_extensions import override
 
+from lit_llm.errors import InvalidArgumentError
+
 __all__ = ["PlainProgressBar", "format_duration"]
 
 
@@ -66,7 +68,7 @@ class PlainProgressBar(ProgressBar):
         stream: where to print (default ``sys.stdout`` at print time).
 
     Raises:
-        ValueError: a negative interval, or both intervals 0.
+        InvalidArgumentError: (a ValueError) a negative interval, or both intervals 0.
 
     Example::
         trainer = Trainer(callbacks=[PlainProgressBar(every_n_steps=50, every_n_seconds=30)])
@@ -75,12 +77,12 @@ class PlainProgressBar(ProgressBar):
     def __init__(self, *, every_n_steps: int = 50, every_n_seconds: float = 30.0, stream: TextIO | None = None) -> None:
         super().__init__()
         if every_n_steps < 0 or every_n_seconds < 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"PlainProgressBar(every_n_steps={every_n_steps!r}, every_n_seconds={every_n_seconds!r}): intervals "
                 "must be >= 0, e.g. every_n_steps=50, every_n_seconds=30."
             )
         if every_n_steps == 0 and every_n_seconds == 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "PlainProgressBar(every_n_steps=0, every_n_seconds=0) would never print; set one of them, "
                 "e.g. every_n_steps=50."
             )

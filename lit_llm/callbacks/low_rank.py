@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from lit_llm.callbacks.pruning import check_artifact_order
 from lit_llm.compressed_models import (
     LOW_RANK_MANIFEST,
     artifact_stats,
@@ -129,6 +130,7 @@ class LowRankFactorization(Callback):
         self._fit_ended = False
         if self.export_artifact:  # fail now, not after the training
             hf_model_of(pl_module, self.model_attr, "LowRankFactorization")
+            check_artifact_order(trainer, self, "LowRankFactorization")
             check_artifact_dir(self._artifact_target(trainer), "LowRankFactorization")
 
     def _artifact_target(self, trainer: pl.Trainer) -> Path:

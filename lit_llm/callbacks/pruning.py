@@ -21,6 +21,7 @@ from lit_llm.compressed_models import (
     save_pruned,
 )
 from lit_llm.compression_report import first_batch, measure, task_model, update_report
+from lit_llm.low_rank import LowRankLinear
 from lit_llm.pruning import (
     Masks,
     apply_masks,
@@ -33,7 +34,26 @@ from lit_llm.pruning import (
     structured_masks,
 )
 
-__all__ = ["Pruning"]
+__all__ = ["Pruning", "check_artifact_order"]
+
+
+def check_artifact_order(trainer: pl.Trainer, callback: Callback, owner: str) -> None:
+    """Refuse an ``Int8Quantization(apply_on="fit_end")`` listed before ``callback``: it switches the model to int8
+    in its ``teardown``, which Lightning runs in list order, so ``callback``'s artifact would see int8 layers.
+
+    Raises:
+        ValueError: such an Int8Quantization comes first in ``trainer.callbacks``.
+    """
+    from lit_llm.callbacks.quantization import Int8Quantization
+
+    callbacks = list(trainer.callbacks)  # type: ignore[attr-defined]
+    before = callbacks[: callbacks.index(callback)] if callback in callbacks else []
+    if any(isinstance(cb, Int8Quantization) and cb.apply_on == "fit_end" for cb in before):
+        raise ValueError(
+            f"{owner} writes its artifact from the float model at fit end, but Int8Quantization(apply_on='fit_end') "
+            f"comes before it in trainer.callbacks and switches the model to int8 first; list {owner} before "
+            "Int8Quantization, or set export_artifact=False."
+        )
 
 PruningMode = Literal["unstructured", "heads", "neurons", "heads_and_neurons"]
 
@@ -170,7 +190,14 @@ class Pruning(Callback):
             find_structured_units(pl_module)
         self._fit_ended = False
         if self.export_artifact:  # fail now, not after the training
-            hf_model_of(pl_module, self.model_attr, "Pruning")
+            model = hf_model_of(pl_module, self.model_attr, "Pruning")
+            if any(isinstance(m, LowRankLinear) for m in model.modules()):
+                raise ValueError(
+                    "Pruning(export_artifact=True): the model has LowRankLinear layers (LowRankFactorization), which "
+                    "the pruned artifact cannot hold. Set export_artifact=False here: LowRankFactorization's "
+                    "artifact (export-low-rank/) holds the factorized model with the pruned zeros."
+                )
+            check_artifact_order(trainer, self, "Pruning")
             check_artifact_dir(self._artifact_target(trainer), "Pruning")
 
     def _artifact_target(self, trainer: pl.Trainer) -> Path:

@@ -281,3 +281,27 @@ def test_module_without_the_hf_model_attribute_is_refused_before_training(tmp_pa
     assert t.global_step == 0
     trainer(tmp_path, [Pruning(amount=0.5, export_artifact=False)], max_steps=1).fit(UserClassifier(), loader())
     assert not (tmp_path / "export-pruned").exists()  # export_artifact=False turns it off
+
+
+def test_artifact_with_int8_at_fit_end_or_low_rank_in_the_same_run(tmp_path):
+    from lit_llm.callbacks import Int8Quantization, LowRankFactorization
+    from lit_llm.compressed_models import load_low_rank
+
+    int8_first = [Int8Quantization(apply_on="fit_end", export_artifact=False, report=False), Pruning(amount=0.5)]
+    t = trainer(tmp_path / "a", int8_first)
+    with pytest.raises(ValueError, match=r"apply_on='fit_end'\) comes before it.*list Pruning before"):
+        t.fit(UserClassifier(), loader())
+    assert t.global_step == 0
+    t = trainer(tmp_path / "b", [LowRankFactorization(rank=4, report=False), Pruning(amount=0.5)])
+    with pytest.raises(ValueError, match=r"the model has LowRankLinear layers .* Set export_artifact=False here"):
+        t.fit(UserClassifier(), loader())
+    assert t.global_step == 0
+    # the way that works: the factorized model's artifact keeps the pruned zeros of its factors
+    pruning = Pruning(amount=0.5, export_artifact=False)
+    model = UserClassifier()
+    trainer(tmp_path / "c", [LowRankFactorization(rank=4, report=False, onnx=False), pruning], max_steps=2).fit(
+        model, loader())
+    keys = [k for k in pruning.final_masks if k.endswith("weight")]
+    assert any(".a.weight" in k for k in keys)
+    reloaded = load_low_rank(tmp_path / "c" / "export-low-rank")
+    assert measure_sparsity(reloaded, [k.removeprefix("model.") for k in keys]) == measure_sparsity(model, keys)

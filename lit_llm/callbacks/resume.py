@@ -11,8 +11,9 @@ algorithms).
 It also restores the position of a ``ResumableDataLoader`` when Lightning would not: Lightning loads the loader
 state only if the train dataloader is created after the checkpoint is restored, which is not the case once anything
 called ``trainer.estimated_stepping_batches`` during setup (Lightning issue #20550; our ``GlobalBatchSize`` and any
-``OneCycleLR`` do). It acts only on that type: any other loader with ``state_dict`` / ``load_state_dict`` (torchdata's
-``StatefulDataLoader``, litdata's ``StreamingDataLoader``) keeps the state Lightning restored in its own format.
+``OneCycleLR`` do). It acts only on that type: any other loader with ``state_dict`` / ``load_state_dict``
+(torchdata's ``StatefulDataLoader``, litdata's ``StreamingDataLoader``) keeps the state Lightning restored in its
+own format, and a streaming corpus's ``ResumableStreamLoader`` positions itself from the restored fit loop.
 """
 
 from __future__ import annotations

@@ -3,13 +3,16 @@
 The data side knows nothing of the objective: it yields token blocks with ``special_tokens_mask`` and
 ``word_starts``; the masked-LM module masks them, the causal-LM module shifts them. Tokenization runs in
 ``datasets.map`` (batched, ``num_proc`` processes) whose cache files are keyed by the inputs' fingerprint,
-so a second run on unchanged files and settings re-uses them. ``streaming=True`` reads the corpus lazily
-and splits its documents round-robin over DDP ranks x dataloader workers.
+so a second run on unchanged files and settings re-uses them. ``streaming=True`` reads the corpus lazily with
+``datasets``' streaming primitives: split over DDP ranks at the source (whole files per rank when their number
+divides), shuffled through a buffer with a new order each epoch from ``seed``, and resumed mid-epoch exactly
+(see :class:`~lit_llm.datamodules.resumable.ResumableStreamLoader`).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 from collections.abc import Iterator
 from functools import partial
@@ -19,22 +22,21 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from lit_llm.datamodules.packing import (
     BlockPacker,
     collate_blocks,
-    iter_shard,
     make_nsp_pairs,
     pack_blocks,
     tokenize_documents,
 )
-from lit_llm.datamodules.resumable import ResumableDataLoader
+from lit_llm.datamodules.resumable import ResumableDataLoader, ResumableStreamLoader
 from lit_llm.hf import load_tokenizer
 from lit_llm.tokenizer_training import TokenizerKind, train_tokenizer
 
-__all__ = ["TextCorpusDataModule", "StreamingBlocks"]
+__all__ = ["TextCorpusDataModule", "StreamingBlocks", "is_val_document", "stream_documents"]
 
 log = logging.getLogger(__name__)
 
@@ -61,45 +63,103 @@ def _resolve_files(data_files: str | list[str]) -> tuple[str, list[str]]:
     return builders.pop(), files  # type: ignore[return-value]
 
 
-class StreamingBlocks(IterableDataset):
-    """Lazily tokenized (and packed) documents, each document read by exactly one (rank, worker) shard.
+def is_val_document(text: str, every: int) -> bool:
+    """Whether a streamed document belongs to validation: 1 in ``every`` documents, chosen by a hash of its text.
 
-    Documents are dealt round-robin: document ``i`` belongs to shard ``i % (world_size * num_workers)``,
-    with shard ``rank * num_workers + worker_id``, so no document is duplicated or dropped. Each shard
-    reads the stream in full but tokenizes only its own documents (tokenizing is the expensive part).
-    Ranks may yield a different number of blocks: train with ``max_steps`` so no rank waits for another.
+    A stream is read in an order that changes with the shuffle, the epoch and the sharding over ranks and workers,
+    so its split cannot use the document's position (as the in-memory split does); a content hash keeps every
+    document on the same side in every epoch and on every rank (and puts duplicates on the same side).
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return every > 0 and int.from_bytes(digest, "little") % every == 0
+
+
+def _keep(text: Any, every: int, val: bool) -> bool:
+    return bool(text) and is_val_document(text, every) == val
+
+
+def stream_documents(
+    raw: Any,
+    text_field: str,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle_buffer: int = 10_000,
+    val_every: int = 0,
+    val: bool = False,
+) -> Any:
+    """This rank's training (or validation) documents of an HF ``IterableDataset``, shuffled from ``seed``.
+
+    Built from ``datasets``' own primitives: ``filter`` (non-empty texts of the split, see
+    :func:`is_val_document`), ``IterableDataset.shuffle(seed, buffer_size)`` (the shard order and a buffer of
+    ``shuffle_buffer`` documents; ``set_epoch`` on the result gives each epoch its own order, the same for the
+    same seed), then ``datasets.distributed.split_dataset_by_node``: when the number of shards (files) is a
+    multiple of ``world_size`` each rank reads only its own files, otherwise each rank reads the stream and keeps
+    one document in ``world_size``. Validation is not shuffled.
 
     Args:
-        documents: a re-iterable of texts (e.g. an HF ``IterableDataset`` column view).
+        raw: the corpus as a ``datasets.IterableDataset`` with a ``text_field`` column.
+        text_field: the column that holds the text.
+        rank: this process's rank; world_size: the number of ranks.
+        seed: the shuffle seed (identical on every rank, so the ranks agree on the shard order).
+        shuffle_buffer: documents held in the shuffle buffer; 0 keeps the stream's order.
+        val_every: 1 in ``val_every`` documents is for validation (0: none).
+        val: return the validation documents instead of the training ones.
+
+    Example::
+        docs = stream_documents(load_dataset("json", data_files=files, split="train", streaming=True), "text",
+                                rank=trainer.global_rank, world_size=trainer.world_size, seed=42)
+        docs.set_epoch(epoch)
+    """
+    from datasets.distributed import split_dataset_by_node
+
+    docs = raw.filter(_keep, input_columns=[text_field], fn_kwargs={"every": val_every, "val": val})
+    if not val and shuffle_buffer > 0:
+        docs = docs.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    return split_dataset_by_node(docs, rank=rank, world_size=world_size) if world_size > 1 else docs
+
+
+class StreamingBlocks(IterableDataset):
+    """Lazily tokenized (and packed) documents of a stream made by :func:`stream_documents`.
+
+    In dataloader workers, ``datasets`` gives each worker its own shards (files) of this rank's stream, so no
+    document is read twice; a worker without a shard (more workers than files on the rank) stays idle, so give
+    at least ``world_size * num_workers`` files to use every worker. Ranks may yield a different number of blocks:
+    train with ``max_steps`` so no rank waits for another.
+
+    Args:
+        documents: an HF ``IterableDataset`` of documents (from :func:`stream_documents`).
+        text_field: the column that holds the text.
         tokenizer: a fast tokenizer.
         block_size: tokens per block.
         packing: pack documents into full blocks, or yield each document truncated to ``block_size``.
-        rank: this process's rank; world_size: the number of ranks (set by the datamodule in ``setup``).
+        shuffled: the documents are shuffled, so :meth:`set_epoch` gives each epoch its own order; False keeps
+            every epoch in the stream's order (``datasets`` reorders the shards of any epoch but 0).
     """
 
-    def __init__(self, documents: Any, tokenizer: Any, block_size: int, packing: bool,
-                 rank: int = 0, world_size: int = 1) -> None:
-        self.documents, self.tokenizer, self.block_size, self.packing = documents, tokenizer, block_size, packing
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, documents: Any, text_field: str, tokenizer: Any, block_size: int, packing: bool,
+                 shuffled: bool = True) -> None:
+        self.documents, self.text_field, self.tokenizer = documents, text_field, tokenizer
+        self.block_size, self.packing, self.shuffled = block_size, packing, shuffled
 
-    def shard(self) -> tuple[int, int]:
-        """``(shard index, number of shards)`` of the calling process / worker."""
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        return self.rank * workers + worker, self.world_size * workers
+    def set_epoch(self, epoch: int) -> None:
+        """Order the next pass as epoch ``epoch`` (reaches persistent workers: ``datasets`` shares the epoch)."""
+        if self.shuffled:
+            self.documents.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        shard, num_shards = self.shard()
         packer = BlockPacker(self.block_size)
-        for index, text in iter_shard(self.documents, shard, num_shards):
-            cols = tokenize_documents([text], self.tokenizer, max_length=None if self.packing else self.block_size)
+        for row in self.documents:
+            cols = tokenize_documents([row[self.text_field]], self.tokenizer,
+                                      max_length=None if self.packing else self.block_size)
             example = {name: values[0] for name, values in cols.items()}
             if not example["input_ids"]:
                 continue
             if self.packing:
                 yield from packer.add(example)
             else:
-                yield {**example, "document": index}
+                yield example
 
 
 class TextCorpusDataModule(pl.LightningDataModule):
@@ -125,6 +185,13 @@ class TextCorpusDataModule(pl.LightningDataModule):
         num_workers: dataloader worker processes.
         num_proc: processes for ``datasets.map`` tokenization (None: in-process).
         streaming: read the corpus lazily instead of tokenizing it all up front (for corpora larger than memory).
+            Each rank reads its own files when their number is a multiple of the number of ranks (else every rank
+            reads the stream and keeps one document in ``world_size``), dataloader workers split the rank's files,
+            documents are shuffled through a buffer of ``shuffle_buffer`` with a new order each epoch (the same for
+            the same ``seed``), and a resumed run continues the interrupted epoch at the batch where it stopped
+            (the stream is replayed up to there; see :class:`~lit_llm.datamodules.resumable.ResumableStreamLoader`).
+            Validation takes 1 in ``round(1 / val_fraction)`` documents by a hash of their text.
+        shuffle_buffer: documents held in the streaming shuffle buffer (0: read in the files' order every epoch).
         cache_dir: the ``datasets`` cache (None: the HF default).
         seed: shuffling and NSP pairing seed.
 
@@ -155,6 +222,7 @@ class TextCorpusDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         num_proc: int | None = None,
         streaming: bool = False,
+        shuffle_buffer: int = 10_000,
         cache_dir: str | None = None,
         seed: int = 42,
     ) -> None:
@@ -174,6 +242,8 @@ class TextCorpusDataModule(pl.LightningDataModule):
             raise ValueError(f"val_fraction={val_fraction!r} must be in [0, 0.5), e.g. 0.05.")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} must be >= 1.")
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer={shuffle_buffer!r} must be >= 0 (0 turns the streaming shuffle off).")
         if nsp and streaming:
             raise ValueError("nsp=True needs the whole corpus to draw random segments from; use streaming=False.")
         # logger=False: Lightning refuses to log when module and datamodule hparams share a key with different
@@ -185,7 +255,7 @@ class TextCorpusDataModule(pl.LightningDataModule):
         self.vocab_size, self.tokenizer_dir = vocab_size, tokenizer_dir
         self.block_size, self.packing, self.nsp, self.val_fraction = block_size, packing, nsp, val_fraction
         self.batch_size, self.num_workers, self.num_proc = batch_size, num_workers, num_proc
-        self.streaming, self.cache_dir, self.seed = streaming, cache_dir, seed
+        self.streaming, self.shuffle_buffer, self.cache_dir, self.seed = streaming, shuffle_buffer, cache_dir, seed
         self.tokenizer: Any = None
         self.train_dataset: Any = None
         self.val_dataset: Any = None
@@ -231,9 +301,13 @@ class TextCorpusDataModule(pl.LightningDataModule):
         return root / "tokenizer"
 
     def _texts(self, raw: Any) -> Iterator[str]:
+        """The training texts, by the same split rule as the training data (index in memory, hash when streaming)."""
+        every = round(1 / self.val_fraction) if self.val_fraction > 0 else 0
         for index, row in enumerate(raw):
-            if not self._is_val(index) and row[self.text_field]:
-                yield row[self.text_field]
+            text = row[self.text_field]
+            is_val = is_val_document(text, every) if self.streaming and text else self._is_val(index)
+            if not is_val and text:
+                yield text
 
     # -- Lightning hooks -------------------------------------------------------------------------------------
     @override
@@ -323,30 +397,26 @@ class TextCorpusDataModule(pl.LightningDataModule):
 
     def _setup_streaming(self) -> None:
         raw = self._load_raw(streaming=True)
-        texts = _Column(raw, self.text_field)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         every = round(1 / self.val_fraction) if self.val_fraction > 0 else 0
-        self.train_dataset = StreamingBlocks(_Filtered(texts, every, val=False), self.tokenizer, self.block_size,
-                                             self.packing, rank, world)
-        if self.val_fraction > 0:
-            self.val_dataset = StreamingBlocks(_Filtered(texts, every, val=True), self.tokenizer, self.block_size,
-                                               self.packing, rank, world)
+        common = dict(rank=rank, world_size=world, seed=self.seed, val_every=every)
+        train = stream_documents(raw, self.text_field, shuffle_buffer=self.shuffle_buffer, **common)
+        self.train_dataset = StreamingBlocks(train, self.text_field, self.tokenizer, self.block_size, self.packing,
+                                             shuffled=self.shuffle_buffer > 0)
+        if every:
+            val = stream_documents(raw, self.text_field, val=True, **common)
+            self.val_dataset = StreamingBlocks(val, self.text_field, self.tokenizer, self.block_size, self.packing,
+                                               shuffled=False)
 
     def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
         collate = partial(collate_blocks, pad_token_id=self.tokenizer.pad_token_id or 0)
-        if shuffle and not isinstance(dataset, IterableDataset):  # the training loader resumes mid-epoch exactly
-            return ResumableDataLoader(dataset, batch_size=self.batch_size, shuffle=True, seed=self.seed,
-                                       num_workers=self.num_workers, collate_fn=collate,
-                                       persistent_workers=self.num_workers > 0)
-        # A stream resumes at the start of the interrupted epoch (see ResumableDataLoader on why).
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        kwargs: dict[str, Any] = dict(batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate,
+                                      persistent_workers=self.num_workers > 0)
+        if shuffle and isinstance(dataset, StreamingBlocks):  # a stream: its own epoch order, resumed by replay
+            return ResumableStreamLoader(dataset, trainer=self.trainer, **kwargs)
+        if shuffle:  # the training loader resumes mid-epoch exactly
+            return ResumableDataLoader(dataset, shuffle=True, seed=self.seed, **kwargs)
+        return DataLoader(dataset, generator=torch.Generator().manual_seed(self.seed), **kwargs)
 
     @override
     def train_dataloader(self) -> DataLoader:
@@ -370,28 +440,3 @@ class TextCorpusDataModule(pl.LightningDataModule):
 def _tokenize_column(batch: dict[str, list[Any]], field: str, tokenizer: Any, max_length: int | None,
                      add_special_tokens: bool) -> dict[str, list[list[int]]]:
     return tokenize_documents(batch[field], tokenizer, max_length=max_length, add_special_tokens=add_special_tokens)
-
-
-class _Column:
-    """Re-iterable view of one text column of an HF (iterable) dataset."""
-
-    def __init__(self, raw: Any, field: str) -> None:
-        self.raw, self.field = raw, field
-
-    def __iter__(self) -> Iterator[str]:
-        # .iter() rather than iter(): inside a dataloader worker the latter hands out whole file shards
-        # (one file -> one busy worker); we deal documents ourselves, so every worker must see the full stream.
-        for batch in self.raw.iter(batch_size=256):
-            yield from batch[self.field]
-
-
-class _Filtered:
-    """The training (or validation) documents of a stream, by the same index rule as the in-memory split."""
-
-    def __init__(self, texts: _Column, every: int, val: bool) -> None:
-        self.texts, self.every, self.val = texts, every, val
-
-    def __iter__(self) -> Iterator[str]:
-        for index, text in enumerate(self.texts):
-            if (self.every > 0 and index % self.every == 0) == self.val:
-                yield text

@@ -9,18 +9,23 @@ those batches, without loading them.
 
 torchdata's ``StatefulDataLoader`` does this too, but it is not a dependency of Lightning or of ours, and it
 saves the sampler's state rather than a position in a reproducible order.
+
+:class:`ResumableStreamLoader` does the same for a stream whose order is a pure function of ``(seed, epoch)`` (a
+``datasets`` streaming corpus shuffled with a seed): it gives the dataset Lightning's epoch, and on resume it
+replays the interrupted epoch up to the position instead of skipping by index.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sized
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Sampler
 
-__all__ = ["ResumableSampler", "ResumableDataLoader"]
+__all__ = ["ResumableSampler", "ResumableDataLoader", "ResumableStreamLoader"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -117,3 +122,93 @@ class ResumableDataLoader(DataLoader):
         for batch in super().__iter__():
             self._yielded += 1
             yield batch
+
+
+class _EpochSampler(Sampler[None]):
+    """Stands in for the placeholder sampler a DataLoader gives an iterable dataset, to receive ``set_epoch``.
+
+    Lightning's fit loop calls ``set_epoch`` on ``loader.sampler`` (and ``loader.batch_sampler.sampler``) at each
+    epoch start and never on the dataset; like the placeholder it replaces, it yields ``None`` forever.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[None]:
+        return itertools.repeat(None)
+
+
+class ResumableStreamLoader(DataLoader):
+    """A ``DataLoader`` over a stream with a reproducible order per epoch, which resumes mid-epoch exactly.
+
+    The dataset is an ``IterableDataset`` with ``set_epoch(epoch)`` whose order is a pure function of its seed and
+    the epoch (:class:`~lit_llm.datamodules.corpus.StreamingBlocks` over a seeded ``datasets`` stream). When an
+    epoch's iteration starts, the loader hands the dataset its epoch.
+
+    Position: given the ``trainer`` (``TextCorpusDataModule`` gives its own), the loader reads the epoch and, on a
+    resumed fit, the number of batches the interrupted epoch had trained on from the fit loop Lightning restored
+    from the checkpoint, at the moment Lightning starts iterating. (Lightning fetches the first batch of an
+    iterable loader ahead, before it sets the epoch on samplers and before any callback's ``on_train_start``, so
+    neither :class:`~lit_llm.callbacks.ExactResume` nor the sampler epoch could arrive in time; checked on
+    lightning 2.6.) Without a trainer, :meth:`load_state_dict` sets the position by hand. The next iteration of
+    that epoch then reads, and drops, its first ``batches`` batches: the stream is replayed, so the resumed run
+    gets exactly the batches the interrupted one had not trained on, at the cost of reading and tokenizing the
+    part of the epoch already done.
+
+    ``datasets``' own ``IterableDataset.state_dict`` is not used: it loses the documents that were in the shuffle
+    buffer on resume (their documented limitation; we measured a loss of data), and in dataloader workers it
+    lives in the workers. The loader has no ``state_dict``, so Lightning does not save a loader state for it.
+
+    Example::
+        def train_dataloader(self):
+            blocks = StreamingBlocks(docs, "text", tokenizer, 128, packing=True)
+            return ResumableStreamLoader(blocks, batch_size=16, trainer=self.trainer)
+    """
+
+    def __init__(self, dataset: IterableDataset, batch_size: int | None = 1, *, trainer: Any = None,
+                 **kwargs: Any) -> None:
+        if not isinstance(dataset, IterableDataset) or not callable(getattr(dataset, "set_epoch", None)):
+            raise TypeError(
+                f"ResumableStreamLoader needs an IterableDataset with set_epoch(epoch), got {type(dataset).__name__}; "
+                "for a map-style dataset use ResumableDataLoader"
+            )
+        super().__init__(dataset, batch_size=batch_size, **kwargs)
+        sampler = _EpochSampler()
+        # DataLoader refuses a sampler for an iterable dataset and any sampler set after __init__; this one is
+        # never used to index, only to receive Lightning's set_epoch (checked on torch 2.13, lightning 2.6).
+        object.__setattr__(self, "sampler", sampler)
+        if self.batch_sampler is not None:
+            self.batch_sampler.sampler = sampler  # type: ignore[attr-defined]
+        self.trainer = trainer
+        self._pending: dict[str, int] | None = None
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the current (or next) iteration."""
+        return self.sampler.epoch  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Make the next iteration of ``state_dict["epoch"]`` drop its first ``state_dict["batches"]`` batches."""
+        self._pending = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        # A generator: nothing runs until the first batch is requested, after Lightning restored the checkpoint.
+        return self._batches()
+
+    def _batches(self) -> Iterator[Any]:
+        trainer = self.trainer
+        if trainer is not None and getattr(trainer.state, "fn", None) == "fit":
+            loop = trainer.fit_loop
+            self.sampler.set_epoch(loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
+            if loop.restarting and loop.epoch_loop.batch_progress.current.processed:
+                self.load_state_dict({"epoch": self.epoch, "batches": loop.epoch_loop.batch_progress.current.processed})
+        pending, self._pending = self._pending, None
+        skip = pending["batches"] if pending is not None and pending["epoch"] == self.epoch else 0
+        self.dataset.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        batches = super().__iter__()
+        if skip and next(itertools.islice(batches, skip - 1, skip), None) is None:
+            return  # the epoch had ended at the checkpoint
+        yield from batches

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from torch.utils.data import DataLoader
 
-from lit_llm.datamodules.corpus import StreamingBlocks, TextCorpusDataModule
+from lit_llm.datamodules.corpus import StreamingBlocks, TextCorpusDataModule, stream_documents
 from lit_llm.datamodules.packing import collate_blocks, pack_blocks, tokenize_documents
 
 DOCS = [
@@ -107,16 +107,18 @@ def test_tokenization_cache_reused(tmp_path, tiny_tokenizer_dir):
     assert second.train_dataset[0] == first.train_dataset[0]
 
 
-def test_streaming_shards_cover_each_document_once(tmp_path, tiny_tokenizer_dir):
-    dm = make_dm(tmp_path, str(tiny_tokenizer_dir), streaming=True, packing=False, val_fraction=0.0)
-    dm.setup("fit")
-    seen: list[int] = []
-    world = 2
-    for rank in range(world):
-        ds = StreamingBlocks(dm.train_dataset.documents, dm.tokenizer, 16, packing=False, rank=rank, world_size=world)
-        loader = DataLoader(ds, batch_size=None, num_workers=2)  # 2 ranks x 2 workers = 4 shards
-        seen.extend(example["document"] for example in loader)
-    assert sorted(seen) == list(range(len(DOCS)))  # none duplicated, none dropped
+def test_streaming_ranks_and_workers_read_each_document_once(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
+    files = [str(write_jsonl(tmp_path / f"part{f}.jsonl", DOCS[f::4])) for f in range(4)]
+    dm = make_dm(tmp_path, str(tiny_tokenizer_dir), data_files=files, streaming=True, val_fraction=0.0)
+    raw = dm._load_raw(streaming=True)
+    seen: list[str] = []
+    for rank in range(2):  # 2 ranks x 2 workers: each worker reads one of the 4 files
+        docs = stream_documents(raw, "text", rank=rank, world_size=2, seed=0)
+        ds = StreamingBlocks(docs, "text", tiny_tokenizer, 64, packing=False)
+        seen.extend(tiny_tokenizer.decode(ex["input_ids"], skip_special_tokens=True)
+                    for ex in DataLoader(ds, batch_size=None, num_workers=2))
+    expected = [tiny_tokenizer.decode(tiny_tokenizer(d)["input_ids"], skip_special_tokens=True) for d in DOCS]
+    assert sorted(seen) == sorted(expected)  # none duplicated, none dropped
 
 
 def test_streaming_packed_batches(tmp_path, tiny_tokenizer_dir):

@@ -56,12 +56,13 @@ def teacher_dir(tmp_path):
 def test_loss_is_the_mix_on_every_micro_batch_and_counted_once(tmp_path, teacher_dir, module_cls):
     teacher = BertForSequenceClassification.from_pretrained(teacher_dir).eval()
     reference = module_cls()  # seed 0: the same initial weights as the trained module
-    expected = []
+    expected, task = [], []
     with torch.no_grad():
         for batch in list(loader())[:2]:
             s = reference.model(**batch)
             t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             expected.append((0.3 * kd_loss(s.logits, t.logits, 3.0) + 0.7 * s.loss).item())
+            task.append(s.loss.item())
     losses, model = Losses(), module_cls()
     cb = DistillationTeacher(teacher=str(teacher_dir), temperature=3.0, alpha=0.3)
     t = trainer(tmp_path, [cb, losses], max_steps=1, accumulate_grad_batches=2)
@@ -69,6 +70,7 @@ def test_loss_is_the_mix_on_every_micro_batch_and_counted_once(tmp_path, teacher
     # Both micro-batches of the one optimizer step ran with the initial weights: each loss is exactly the mix,
     # once (twice would be 0.3 * kd + 0.7 * (0.3 * kd + 0.7 * task)).
     assert losses.losses == pytest.approx(expected, rel=1e-5)
+    assert all(abs(a - b) > 1e-2 for a, b in zip(losses.losses, task))  # the task loss alone was not returned
     assert "train/distill_kd" in t.callback_metrics
     assert "training_step" not in model.__dict__  # the module's own training_step is back after fit
 

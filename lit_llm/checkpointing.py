@@ -146,10 +146,12 @@ def _load_sharded(path: Path, map_location: Any) -> dict[str, Any]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: what dcp.load raises
 
-    # Private (checked on torch 2.13): the planner that rebuilds a state dict from the checkpoint's metadata alone,
-    # as torch's own dcp_to_torch_save does, and the helper its load_bytes stores nested entries with.
+    # Private (checked on torch 2.13), as used by torch's own dcp_to_torch_save and Lightning's consolidation: the
+    # planner that rebuilds a state dict from the checkpoint's metadata alone, the helper its load_bytes stores
+    # nested entries with, and the loader that fills an empty dict (the public dcp.load only fills given keys).
     from torch.distributed.checkpoint._traverse import set_element
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     refusals: list[CheckpointError] = []
 
@@ -169,7 +171,8 @@ def _load_sharded(path: Path, map_location: Any) -> dict[str, Any]:
 
     checkpoint: dict[str, Any] = {}
     try:
-        dcp.load(checkpoint, storage_reader=dcp.FileSystemReader(path), planner=_WeightsOnlyPlanner(), no_dist=True)
+        reader = dcp.FileSystemReader(path)
+        _load_state_dict(checkpoint, storage_reader=reader, planner=_WeightsOnlyPlanner(), no_dist=True)
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - a refused entry, a missing or corrupt shard
         if refusals:
             raise refusals[0] from None

@@ -179,3 +179,12 @@ def test_missing_weights_file_is_named(low_rank_dir, tmp_path):
     (bad / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"model.safetensors is missing; the artifact directory is incomplete"):
         load_low_rank(bad)
+
+
+def test_weights_sharded_by_save_pretrained_load_too(pruned_dir, tmp_path):
+    sharded = tmp_path / "sharded"
+    load_pruned(pruned_dir).save_pretrained(sharded, max_shard_size="40KB")  # several model-0000x-of-0000y files
+    (sharded / "lit_llm_pruning.json").write_bytes((pruned_dir / "lit_llm_pruning.json").read_bytes())
+    assert (sharded / "model.safetensors.index.json").is_file()
+    loaded, reference = load_pruned(sharded), load_pruned(pruned_dir)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))

@@ -16,6 +16,8 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
 from typing_extensions import override
 
+from lit_llm.compat import materialize_distributed_module, optimizers_to_device
+
 __all__ = ["find_block_classes", "TransformerFSDP", "TransformerFSDP2", "shard_transformer"]
 
 ShardingName = Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"]
@@ -200,8 +202,6 @@ class TransformerFSDP2(ModelParallelStrategy):
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
-        from lightning.fabric.strategies.model_parallel import _materialize_distributed_module
-        from lightning.fabric.utilities.optimizer import _optimizers_to_device
         from lightning.pytorch.trainer.states import TrainerFn
 
         assert self.model is not None and self.accelerator is not None
@@ -219,7 +219,7 @@ class TransformerFSDP2(ModelParallelStrategy):
             reshard_after_forward=self.reshard_after_forward,
             mp_dtype=mp_dtype,
         )
-        _materialize_distributed_module(self.model, self.root_device)
+        materialize_distributed_module(self.model, self.root_device)
         self.model = self.precision_plugin.convert_module(self.model)
         self.model_to_device()
         self.barrier()
@@ -227,4 +227,4 @@ class TransformerFSDP2(ModelParallelStrategy):
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
         if trainer.state.fn == TrainerFn.FITTING:
-            _optimizers_to_device(self.optimizers, self.root_device)
+            optimizers_to_device(self.optimizers, self.root_device)

@@ -133,7 +133,7 @@ def _load(source: str | io.BytesIO, name: str, map_location: Any, weights_only: 
                 "alone (a Lightning .ckpt, torch.save(model.state_dict()) or save_pretrained)."
             ) from None
         raise _unreadable(name, _reason(err)) from None
-    except (EOFError, RuntimeError, ValueError, OSError, AttributeError, TypeError) as err:
+    except Exception as err:  # noqa: BLE001 - EOFError, RuntimeError, KeyError (a text file), ...: all unreadable
         raise _unreadable(name, _reason(err)) from None
 
 

@@ -167,3 +167,14 @@ def test_a_sharded_fsdp2_checkpoint_exports(tmp_path, tiny_tokenizer_dir, tiny_t
     (loaded,) = fresh_process_logits([tmp_path / "hf"])
     assert loaded["id2label"] == {"0": "fresh", "1": "rotten"}
     assert torch.allclose(torch.tensor(loaded["logits"]), in_memory_logits(module.model, tmp_path / "hf"), atol=1e-4)
+
+
+def test_hyper_parameters_or_weights_that_do_not_fit_the_class(tmp_path, tiny_bert_dir):
+    hparams = {"_class_path": "lit_llm.modules.SequenceClassifier", "model": str(tiny_bert_dir), "labels": ["a", "b"]}
+    with pytest.raises(CheckpointError, match=r"ckpt: the weights do not fit SequenceClassifier built from its "
+                                              r"hyper-parameters \(missing \['model\..*unexpected \['layer.weight'\]"):
+        rebuild_module({"state_dict": {"layer.weight": torch.zeros(1)}, "hyper_parameters": hparams}, source="ckpt")
+    hparams["model"] = str(tmp_path / "gone")  # the base model a checkpoint names must be reachable
+    with pytest.raises(CheckpointError, match=r"ckpt: lit_llm.modules.sequence_classification.SequenceClassifier "
+                                              r"cannot be built from the checkpoint's hyper-parameters \("):
+        rebuild_module({"state_dict": {}, "hyper_parameters": hparams}, source="ckpt")

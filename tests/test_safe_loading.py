@@ -301,3 +301,28 @@ def test_a_path_among_hyper_parameters_loads_and_is_what_the_allowlist_admits(tm
     with pytest.raises(pickle.UnpicklingError):  # torch alone refuses it ...
         torch.load(path, weights_only=True)
     assert load_checkpoint_file(path)["hyper_parameters"]["data_dir"] == tmp_path / "data"  # ... the loader admits it
+
+
+@pytest.mark.parametrize("content", ["text", "bare_pickle", "truncated", "empty"])
+def test_unreadable_files_name_the_file_and_never_advise_unsafe_loading(tmp_path, content):
+    import pickle
+
+    import torch
+
+    from hostile_checkpoints import Payload
+    from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
+
+    path, marker = tmp_path / f"{content}.ckpt", tmp_path / "ran"
+    if content == "text":
+        path.write_text("hello, not a checkpoint")
+    elif content == "bare_pickle":  # a pickle, not torch's zip format: no list of globals to report
+        path.write_bytes(pickle.dumps({"state_dict": {}, "x": Payload("exec", marker)}))
+    elif content == "truncated":
+        torch.save({"state_dict": {"w": torch.zeros(64)}}, path)
+        path.write_bytes(path.read_bytes()[:300])
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=rf"{content}\.ckpt is not a readable checkpoint \(.*\)\. It may be "
+                                              r"truncated .*never unpickles code\.$") as info:
+        load_checkpoint_file(path)
+    assert "weights_only=False" not in str(info.value) and not marker.exists()

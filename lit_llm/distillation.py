@@ -254,7 +254,7 @@ def student_from_teacher(teacher: nn.Module, keep_every: int = 2) -> nn.Module:
         # Cache-aware attention layers remember their index; keep them consistent with the new depth.
         for module in block.modules():
             if hasattr(module, "layer_idx") and isinstance(module.layer_idx, int):
-                module.layer_idx = new_idx
+                module.layer_idx = new_idx  # type: ignore[assignment]  # an int attribute, not a Module/Tensor
     parent, _, child = name.rpartition(".")
     setattr(student.get_submodule(parent) if parent else student, child, kept)
     config = getattr(student, "config", None)

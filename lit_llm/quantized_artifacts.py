@@ -24,11 +24,11 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from lit_llm.hf import check_export_dir, export_pretrained
@@ -353,7 +353,7 @@ def export_bf16(model: nn.Module, out_dir: str | Path, tokenizer: Any = None) ->
     _require_pretrained(model, "bf16")
     check_export_dir(out_dir)
     bf16 = copy.deepcopy(model).to(torch.bfloat16)  # a copy: the run's model stays in its training dtype
-    return export_pretrained(bf16, tokenizer, out_dir)
+    return export_pretrained(cast(PreTrainedModel, bf16), tokenizer, out_dir)
 
 
 def export_bitsandbytes(
@@ -411,6 +411,7 @@ def export_bitsandbytes(
         llm_int8_skip_modules=floats or None,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        quantized = type(model).from_pretrained(tmp, quantization_config=quantization, device_map={"": str(device)})
+        hf_model = cast(PreTrainedModel, model)  # checked by _require_pretrained
+        hf_model.save_pretrained(tmp, safe_serialization=True)
+        quantized = type(hf_model).from_pretrained(tmp, quantization_config=quantization, device_map={"": str(device)})
         return export_pretrained(quantized, tokenizer, out)

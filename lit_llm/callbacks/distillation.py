@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -349,7 +349,7 @@ class DistillationTeacher(Callback):
         else:
             candidates = [self.teacher_spec, hparams.get("tokenizer"), hparams.get("model")]
             source = next((d for d in map(_tokenizer_dir, candidates) if d is not None), None)
-        if source is None or not hasattr(student_tok, "get_vocab"):
+        if source is None or student_tok is None or not hasattr(student_tok, "get_vocab"):
             return
         teacher_vocab, student_vocab = load_tokenizer(source).get_vocab(), student_tok.get_vocab()
         if teacher_vocab == student_vocab:
@@ -527,13 +527,13 @@ class DistillationTeacher(Callback):
         # Log only inside a trainer's training_step (a bare call, e.g. from a notebook, has nothing to log to).
         log = getattr(module, "log", None) if getattr(module, "_trainer", None) is not None else None
         if self.hidden_layers:
-            hidden = sum(
+            hidden = cast(torch.Tensor, sum(
                 hidden_state_loss(
                     step.hidden[s], step.teacher_out.hidden_states[t + 1], self.projections[str(s)]
                     if str(s) in self.projections else None,
                 )
                 for s, t in self.hidden_layers.items()
-            )
+            ))
             # A summed task loss is divided by the step's target count later: weigh this mean by the micro-batch's.
             total = total + self.hidden_weight * hidden * (n_targets if n_targets is not None else 1)
             if log:

@@ -270,11 +270,13 @@ class Int8Quantization(Callback):
         if measuring:
             float_stats = measure(model, batch)
             update_report(Path(trainer.default_root_dir), "int8_float", float_stats, trainer)
+        int8: nn.Module
+        float_model: nn.Module | None
         if self.backend == "onnxruntime":
-            int8, source = self._onnx_model(model)
+            session, source = self._onnx_model(model)
             float_model = model  # untouched: the int8 session replaces it in the module
-            pl_module.model = int8
-            n = int8.int8_layers
+            pl_module.model = int8 = session
+            n = session.int8_layers
         else:
             float_model = copy.deepcopy(model).eval() if measuring and self.compare_batches else None
             n = quantize_bitsandbytes(pl_module.eval(), self.skip)
@@ -292,7 +294,8 @@ class Int8Quantization(Callback):
         # Evaluate the artifact's own file when the weights are still those it was made from.
         if isinstance(model, OnnxRuntimeModel):
             return model, "already int8"
-        if self.artifact is not None and torch.equal(_fingerprint(model), self._artifact_weights):
+        weights = self._artifact_weights
+        if self.artifact is not None and weights is not None and torch.equal(_fingerprint(model), weights):
             return load_int8_onnx(self.artifact), f"the artifact in {self.artifact}"
         return onnx_int8_model(model, self.skip), "quantized from the current weights"
 

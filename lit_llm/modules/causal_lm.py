@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedTokenizerBase
 from typing_extensions import override
 
 from lit_llm.distillation import mark_distillation_targets
@@ -104,7 +104,7 @@ class CausalLanguageModel(LanguageModelBase):
         loss_sum, count = token_cross_entropy(logits, targets)
         valid = targets != IGNORE_INDEX
         # Position t of the logits predicts token t + 1: the last position has no target.
-        reduction = "sum" if self.exact_token_loss else "mean"
+        reduction: Literal["mean", "sum"] = "sum" if self.exact_token_loss else "mean"
         mark_distillation_targets(self, torch.nn.functional.pad(valid, (0, 1)), reduction)
         correct = (logits.detach().argmax(-1)[valid] == targets[valid]).sum()
         return loss_sum, count, correct, None
@@ -135,7 +135,8 @@ class CausalLanguageModel(LanguageModelBase):
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(**enc, pad_token_id=tok.pad_token_id, **settings)  # (B, T_prompt + new)
+            model = cast(GenerationMixin, self.model)  # a *LMHeadModel: PreTrainedModel + GenerationMixin
+            out = model.generate(**enc, pad_token_id=tok.pad_token_id, **settings)  # (B, T_prompt + new)
         finally:
             self.model.train(was_training)
         return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

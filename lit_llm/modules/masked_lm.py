@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import SumMetric
-from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, PreTrainedTokenizerBase
+from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, PreTrainedModel, PreTrainedTokenizerBase
 from typing_extensions import override
 
 from lit_llm.distillation import mark_distillation_targets
@@ -189,7 +189,8 @@ class LanguageModelBase(pl.LightningModule):
     @override
     def on_fit_end(self) -> None:
         assert self.model is not None
-        path = export_best(self, self.model, self.tokenizer, output_dir(self, self.export_dir, "export"), self.export)
+        out = output_dir(self, self.export_dir, "export")
+        path = export_best(self, cast(PreTrainedModel, self.model), self.tokenizer, out, self.export)
         self.export_path = path or self.export_path
 
 
@@ -290,7 +291,7 @@ class MaskedLanguageModel(LanguageModelBase):
         gen = self._generators.get(stage)
         if gen is None or gen.device != device:
             seed = self.masking_seed if stage == "train" else _VAL_MASK_SEED
-            gen = torch.Generator(device=device).manual_seed(int(seed) + self.global_rank)
+            gen = torch.Generator(device=device).manual_seed(int(seed or 0) + self.global_rank)  # None returned above
             if stage == "train" and self._pending_generator_state is not None:
                 gen.set_state(self._pending_generator_state)
                 self._pending_generator_state = None

@@ -1,0 +1,289 @@
+"""The README, run as a newcomer would, at tiny sizes: every command and code block is run or explicitly excused.
+
+The commands run in order in one fresh directory that looks like a clone after ``make data``: ``configs/`` and
+``scripts/`` copied from the repository, ``data/`` holding tiny stand-ins for the packaged model and data sets
+(the same paths, so the configs are used as they are, only their trainer shrunk to a few steps and their
+from-scratch models to a tiny width). A new block in the README without a rule here fails
+``test_every_readme_block_has_a_rule``, so a claim cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+pytestmark = pytest.mark.slow
+
+
+# ---------------------------------------------------------------------------------------------- reading the README
+def readme_blocks(text: str | None = None) -> list[tuple[str, int, str]]:
+    """``(language, first line number, body)`` of every fenced block of the README."""
+    text = README.read_text() if text is None else text
+    out = []
+    for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M):
+        out.append((m.group(1), text[: m.start()].count("\n") + 1, m.group(2)))
+    return out
+
+
+def shell_commands(body: str) -> list[str]:
+    """The commands of a shell block: continuation lines joined, comments and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", " ", body)
+    commands = []
+    for line in joined.splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()  # an inline comment follows two or more spaces in the README
+        if line and not line.startswith("#"):
+            commands.append(line)
+    return commands
+
+
+# ----------------------------------------------------------------------------------------------- the tiny world
+WORDS_POS = ["good", "great", "brilliant", "fun", "loved", "best"]
+WORDS_NEG = ["bad", "awful", "boring", "dull", "hated", "worst"]
+FILLER = ["the", "movie", "film", "story", "was", "really", "very", "acting", "script"]
+
+
+def _write_tiny_data(root: Path, tiny_bert_dir: Path) -> None:
+    import random
+
+    rng = random.Random(0)
+    shutil.copytree(tiny_bert_dir, root / "data/models/all-MiniLM-L6-v2")
+    rt = root / "data/rotten_tomatoes"
+    rt.mkdir(parents=True)
+    for split, n in (("train", 64), ("val", 32), ("test", 32)):
+        with (rt / f"{split}.csv").open("w") as f:
+            f.write("text,label\n")
+            for _ in range(n):
+                label = rng.choice(["fresh", "rotten"])
+                words = rng.sample(FILLER, 4) + [rng.choice(WORDS_POS if label == "fresh" else WORDS_NEG)]
+                rng.shuffle(words)
+                f.write(f"{' '.join(words)},{label}\n")
+    wiki = root / "data/wiki"
+    wiki.mkdir(parents=True)
+    with (wiki / "summaries.jsonl").open("w") as f:
+        for i in range(60):
+            sents = [" ".join(rng.sample(FILLER + WORDS_POS + WORDS_NEG, 8)) + "." for _ in range(3)]
+            f.write(json.dumps({"title": f"doc {i}", "text": " ".join(sents)}) + "\n")
+    ner = root / "data/wnut16"
+    ner.mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        with (ner / f"{split}.conll").open("w") as f:
+            for _ in range(24):
+                f.write("i O\nloved O\nparis B-location\nand O\njohn B-person\nmary I-person\n.\tO\n\n")
+
+
+def _shrink_config(cfg: dict) -> dict:
+    trainer = cfg.setdefault("trainer", {})
+    for key in ("max_time", "val_check_interval", "check_val_every_n_epoch"):
+        trainer.pop(key, None)
+    # One short epoch that ends with a validation (EarlyStopping and best checkpoints need its metric).
+    trainer.update(max_epochs=1, max_steps=-1, limit_train_batches=3, limit_val_batches=2, limit_test_batches=2,
+                   limit_predict_batches=2, log_every_n_steps=1)
+    for cb in trainer.get("callbacks") or []:
+        init = cb.get("init_args") or {}
+        if "every_n_train_steps" in init:
+            init["every_n_train_steps"] = 2
+        if cb.get("class_path", "").endswith("Pruning"):
+            init.update(start_step=0, end_step=2, frequency=1)
+    model = (cfg.get("model") or {}).get("init_args") or {}
+    spec = model.get("model")
+    if isinstance(spec, dict):  # from scratch: a tiny width
+        if spec.get("model_type") == "gpt2":
+            spec.update(n_embd=32, n_layer=2, n_head=2)
+        else:
+            spec.update(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    data = (cfg.get("data") or {}).get("init_args") or {}
+    for key, small in (("block_size", 32), ("vocab_size", 300), ("batch_size", 8), ("eval_batch_size", 8)):
+        if key in data:
+            data[key] = small
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_bert_dir) -> Path:
+    root = tmp_path_factory.mktemp("readme_world")
+    _write_tiny_data(root, tiny_bert_dir)
+    shutil.copytree(REPO / "scripts", root / "scripts")
+    for path in (REPO / "configs").rglob("*.yaml"):
+        out = root / path.relative_to(REPO)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(_shrink_config(yaml.safe_load(path.read_text())), sort_keys=False))
+    # The README's placeholder config: the main job's, with a checkpoint named best.ckpt.
+    my = yaml.safe_load((root / "configs/finetune/minilm_rotten_tomatoes.yaml").read_text())
+    for cb in my["trainer"]["callbacks"]:
+        if cb["class_path"].endswith("ModelCheckpoint") and cb["init_args"].get("monitor"):
+            cb["init_args"]["filename"] = "best"
+    (root / "my.yaml").write_text(yaml.safe_dump(my, sort_keys=False))
+    (root / "texts.csv").write_text("text\nthe film was great\nthe story was dull\n")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- running commands
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE")}
+    env.update(WANDB_MODE="offline", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return env
+
+
+def _run(argv: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run(argv, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    tail = f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+    assert out.returncode == 0, f"{shlex.join(argv)} failed ({out.returncode}):\n{tail}"
+    return out
+
+
+def run_lit_llm(command: str, cwd: Path) -> None:
+    args = shlex.split(command)
+    args = args[1:] if args[0].endswith("lit-llm") else args
+    _run([sys.executable, "-m", "lit_llm.cli", *args], cwd)
+
+
+def run_python_script(command: str, cwd: Path) -> None:
+    args = shlex.split(command)
+    _run([sys.executable, *args[1:]], cwd)
+
+
+SKIP = "skip"
+# Each rule: a regex on one shell command, and how it is checked: a function run in the tiny world, or a reason.
+COMMAND_RULES: list[tuple[str, Callable[[str, Path], None] | tuple[str, str]]] = [
+    (r"^make demo$", (SKIP, "11 minutes on 2 cores; its own command (lit-llm fit ... minilm_rotten_tomatoes.yaml "
+                            "--test_after_fit true) is the next block and runs here")),
+    (r"^make test", (SKIP, "the test suite itself")),
+    (r"^make lint", (SKIP, ".ci/run runs it")),
+    (r"^pip install torch --index-url", (SKIP, "needs the network and a CUDA machine")),
+    (r"^pip install -e", (SKIP, "the set-up itself (make runs it)")),
+    (r"^(\.venv/bin/)?python scripts/prepare_(data|wnut16)\.py", (SKIP, "needs the data packages (make data); the "
+                                                                       "tiny world holds stand-ins at the same paths")),
+    (r"^wandb sync", (SKIP, "needs the network and a W&B account")),
+    (r"^bash scripts/gpu_check\.sh", (SKIP, "needs a GPU; --dry-run is tested in tests/test_gpu_check.py")),
+    (r"^(torchrun|srun) ", (SKIP, "needs several machines")),
+    (r"^(\.venv/bin/)?lit-llm ", run_lit_llm),
+    (r"^(\.venv/bin/)?python scripts/", run_python_script),
+]
+
+
+def rule_for(command: str):
+    for pattern, action in COMMAND_RULES:
+        if re.search(pattern, command):
+            return action
+    return None
+
+
+# A python block is run in a fresh interpreter in the tiny world, after a prelude keyed by a line of the block.
+PYTHON_PRELUDES: dict[str, str] = {
+    "trainer.fit(your_module, your_datamodule)": textwrap.dedent(
+        """
+        import lightning.pytorch as pl, torch
+        from transformers import AutoModelForSequenceClassification
+        from lit_llm.datamodules import TextClassificationDataModule
+
+        class YourModule(pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.model = AutoModelForSequenceClassification.from_pretrained(
+                    "data/models/all-MiniLM-L6-v2", num_labels=2)
+            def training_step(self, batch, batch_idx):
+                return self.model(**batch).loss
+            def configure_optimizers(self):
+                return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+        your_module = YourModule()
+        your_datamodule = TextClassificationDataModule(
+            tokenizer="data/models/all-MiniLM-L6-v2", train_file="data/rotten_tomatoes/train.csv",
+            validation_file="data/rotten_tomatoes/val.csv", batch_size=8)
+        import lightning.pytorch
+        _Trainer = lightning.pytorch.Trainer
+        def _tiny(*args, **kwargs):
+            kwargs.update(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          limit_val_batches=1)
+            return _Trainer(*args, **kwargs)
+        lightning.pytorch.Trainer = _tiny
+        """
+    ),
+    "read_offline_run": "",
+}
+
+
+def run_python_block(body: str, cwd: Path) -> None:
+    prelude = next((p for key, p in PYTHON_PRELUDES.items() if key in body), None)
+    assert prelude is not None, f"python block without a prelude rule:\n{body}"
+    script = cwd / "readme_block.py"
+    script.write_text(prelude + "\n" + body)
+    _run([sys.executable, str(script)], cwd)
+
+
+def check_yaml_block(body: str, cwd: Path) -> None:
+    """A YAML snippet of a config section: it parses and every class_path in it imports."""
+    import importlib
+
+    data = yaml.safe_load(body)
+
+    def class_paths(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("class_path"), str):
+                yield node["class_path"]
+            for value in node.values():
+                yield from class_paths(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from class_paths(value)
+
+    for class_path in class_paths(data):
+        module, _, name = class_path.rpartition(".")
+        if module.startswith("bitsandbytes"):
+            continue  # CUDA-oriented optional dependency: imported by its own tests
+        assert hasattr(importlib.import_module(module), name), class_path
+
+
+# ---------------------------------------------------------------------------------------------------------- tests
+def test_every_readme_block_has_a_rule():
+    missing = []
+    for lang, line, body in readme_blocks():
+        if lang in ("bash", "sh", "shell"):
+            missing += [f"README.md:{line}: {c}" for c in shell_commands(body) if rule_for(c) is None]
+        elif lang == "python":
+            if not any(key in body for key in PYTHON_PRELUDES):
+                missing.append(f"README.md:{line}: python block {body.splitlines()[0]!r}")
+        elif lang not in ("yaml", "text", ""):
+            missing.append(f"README.md:{line}: a {lang!r} block")
+    assert not missing, "README commands/blocks with no rule in tests/test_readme.py:\n" + "\n".join(missing)
+
+
+def test_readme_runs_top_to_bottom(world):
+    ran, skipped = [], []
+    for lang, line, body in readme_blocks():
+        where = f"README.md:{line}"
+        if lang in ("bash", "sh", "shell"):
+            for command in shell_commands(body):
+                action = rule_for(command)
+                if isinstance(action, tuple):
+                    skipped.append(f"{where}: {command} ({action[1]})")
+                    continue
+                try:
+                    action(command, world)
+                except AssertionError as err:
+                    raise AssertionError(f"{where}: {command}\n{err}") from None
+                ran.append(command)
+        elif lang == "python":
+            try:
+                run_python_block(body, world)
+            except AssertionError as err:
+                raise AssertionError(f"{where}: python block\n{err}") from None
+            ran.append(f"{where}: python")
+        elif lang == "yaml":
+            check_yaml_block(body, world)
+    assert ran, "no README command ran"
+    print("ran:", *ran, "skipped:", *skipped, sep="\n  ")

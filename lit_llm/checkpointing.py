@@ -143,36 +143,21 @@ def _load_sharded(path: Path, map_location: Any) -> dict[str, Any]:
     The non-tensor entries (optimizer hyper-parameters, and Lightning's ``meta.pt`` with the hyper-parameters and
     loop state) go through the same weights-only loading; torch's own planner would unpickle them unrestricted.
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: what dcp.load raises
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: what a failed load raises
 
-    # Private (checked on torch 2.13), as used by torch's own dcp_to_torch_save and Lightning's consolidation: the
-    # planner that rebuilds a state dict from the checkpoint's metadata alone, the helper its load_bytes stores
-    # nested entries with, and the loader that fills an empty dict (the public dcp.load only fills given keys).
-    from torch.distributed.checkpoint._traverse import set_element
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+    from lit_llm.compat import load_distributed_checkpoint
 
     refusals: list[CheckpointError] = []
 
-    class _WeightsOnlyPlanner(_EmptyStateDictLoadPlanner):
-        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-            # The parent's load_bytes, with the weights-only load instead of its unrestricted torch.load.
-            fqn = read_item.dest_index.fqn
-            try:
-                obj = _load(value, f"{path} (entry {fqn!r})", "cpu", True)
-            except CheckpointError as err:
-                refusals.append(err)  # torch wraps what a planner raises; the caller re-raises this one
-                raise
-            if self.flatten_state_dict:
-                set_element(self.original_state_dict, self.mappings[fqn], obj)
-            else:
-                self.state_dict[fqn] = obj
+    def load_entry(value: io.BytesIO, key: str) -> Any:
+        try:
+            return _load(value, f"{path} (entry {key!r})", "cpu", True)
+        except CheckpointError as err:
+            refusals.append(err)  # torch wraps what the planner raises; re-raised below as it is
+            raise
 
-    checkpoint: dict[str, Any] = {}
     try:
-        reader = dcp.FileSystemReader(path)
-        _load_state_dict(checkpoint, storage_reader=reader, planner=_WeightsOnlyPlanner(), no_dist=True)
+        checkpoint = load_distributed_checkpoint(path, load_entry)
     except (Exception, CheckpointException) as err:  # noqa: BLE001 - a refused entry, a missing or corrupt shard
         if refusals:
             raise refusals[0] from None

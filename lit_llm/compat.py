@@ -8,6 +8,8 @@ before it breaks a user's run. Each entry says what it is for and the versions i
 from __future__ import annotations
 
 import atexit
+import io
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,15 +47,35 @@ def destroy_process_group_at_exit() -> None:
 _registered = False
 
 
-def load_distributed_checkpoint(path: Any) -> dict[str, Any]:
+def load_distributed_checkpoint(path: Any, load_bytes: Callable[[io.BytesIO, str], Any]) -> dict[str, Any]:
     """A ``torch.distributed.checkpoint`` directory as one full state dict, on CPU, in one process.
 
-    Private: ``lightning.fabric.utilities.load._load_distributed_checkpoint`` (checked on lightning 2.6.6); torch's
-    public ``dcp.load`` needs a state dict of the right shapes up front, which ``lit-llm export`` does not have.
-    """
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    Each non-tensor entry (optimizer hyper-parameters, ...) is read by ``load_bytes(stream, key)``, lit-llm's
+    weights-only loader, instead of torch's planner, whose ``load_bytes`` unpickles it with ``weights_only=False``
+    (so does ``lightning.fabric.utilities.load._load_distributed_checkpoint``, which uses that planner).
 
-    return _load_distributed_checkpoint(path)
+    Private (checked on torch 2.13.0), as torch's own ``dcp_to_torch_save`` uses them: ``_EmptyStateDictLoadPlanner``
+    (rebuilds the state dict from the checkpoint's metadata), ``_traverse.set_element`` (how its ``load_bytes``
+    stores nested entries) and ``state_dict_loader._load_state_dict``: the public ``dcp.load`` fills only the keys
+    of a state dict given up front, which ``lit-llm export`` does not have.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    class _Planner(_EmptyStateDictLoadPlanner):
+        def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+            fqn = read_item.dest_index.fqn
+            obj = load_bytes(value, fqn)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[fqn], obj)
+            else:
+                self.state_dict[fqn] = obj
+
+    checkpoint: dict[str, Any] = {}
+    _load_state_dict(checkpoint, storage_reader=dcp.FileSystemReader(path), planner=_Planner(), no_dist=True)
+    return checkpoint
 
 
 def materialize_distributed_module(module: torch.nn.Module, device: torch.device) -> None:

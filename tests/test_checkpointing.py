@@ -130,3 +130,14 @@ def test_file_urls_are_local_and_atomic(tmp_path):
     io_plugin.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, f"file://{tmp_path}/a.ckpt")
     assert [p.name for p in tmp_path.iterdir()] == ["a.ckpt"]
     assert torch.equal(io_plugin.load_checkpoint(f"file://{tmp_path}/a.ckpt")["state_dict"]["w"], torch.ones(2))
+
+
+def test_a_sharded_best_checkpoint_is_not_restored_silently(tmp_path):
+    from lit_llm.modules.best_checkpoint import restore_best_checkpoint
+
+    module, checkpoint = _Diverging(), ModelCheckpoint(dirpath=tmp_path)
+    module.trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[checkpoint], enable_progress_bar=False)
+    (tmp_path / "best.ckpt").mkdir()  # what TransformerFSDP2 writes: a directory of shards
+    checkpoint.best_model_path = str(tmp_path / "best.ckpt")
+    with pytest.warns(UserWarning, match=r"best.ckpt is sharded; the model keeps its last weights. Export the best"):
+        assert restore_best_checkpoint(module) is None

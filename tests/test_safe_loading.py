@@ -269,6 +269,10 @@ def test_a_sharded_checkpoint_with_a_hostile_entry_runs_no_code(tmp_path):
         if where == "entry":  # control: Lightning's consolidation (torch's planner) runs the payload
             _load_distributed_checkpoint(folder)
             assert marker.exists()
+    for shard in (tmp_path / "sharded_meta").glob("*.distcp"):
+        shard.unlink()  # a shard lost in a copy
+    with pytest.raises(CheckpointError, match=r"sharded_meta is not a readable sharded checkpoint \(FileNotFound"):
+        load_checkpoint_file(tmp_path / "sharded_meta")
 
 
 def test_the_allowlist_is_exact_names_of_inert_classes_each_with_a_reason():

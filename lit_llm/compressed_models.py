@@ -355,7 +355,9 @@ def _plain_class(model: PreTrainedModel) -> type[PreTrainedModel]:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # a torch build without distributed
         return cls
-    return next(c for c in cls.__mro__ if not issubclass(c, FSDPModule)) if issubclass(cls, FSDPModule) else cls
+    if not issubclass(cls, FSDPModule):
+        return cls
+    return next(c for c in cls.__mro__ if issubclass(c, PreTrainedModel) and not issubclass(c, FSDPModule))
 
 
 def _has_blocks(model: nn.Module) -> bool:

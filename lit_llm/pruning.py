@@ -155,7 +155,8 @@ def magnitude_masks(
     scores: dict[str, torch.Tensor] = {}
     for name, module in targets.items():
         key = f"{name}.weight"
-        score = _full(module.weight.detach()).abs().float()
+        weight: torch.Tensor = module.weight  # type: ignore[assignment]  # a Linear / Conv1D weight
+        score = _full(weight.detach()).abs().float()
         if key in previous:
             # -1 ranks already-pruned weights below every live one, so they are chosen first again.
             score = torch.where(previous[key].to(score.device), score, torch.full_like(score, -1.0))
@@ -222,7 +223,8 @@ def _local_mask(param: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
         # uint8 because not every backend (gloo) scatters bool tensors; every rank holds the same full mask.
         full = mask.to(device=param.device, dtype=torch.uint8)
-        return distribute_tensor(full, param.device_mesh, param.placements).to_local().bool()
+        mesh, placements = param.device_mesh, param.placements  # type: ignore[attr-defined]  # a DTensor
+        return distribute_tensor(full, mesh, placements).to_local().bool()
     return mask
 
 
@@ -461,17 +463,26 @@ def resize_structured(model: nn.Module, widths: dict[str, tuple[int, int]]) -> N
 def _keep_heads(model: nn.Module, mods: dict[str, nn.Module], u: StructuredUnit, alive: torch.Tensor) -> None:
     idx = torch.nonzero(alive.repeat_interleave(u.head_size)).flatten()  # rows of q/k/v, columns of attn_out
     for n in u.qkv:
-        _replace(model, n, _slice_linear(mods[n], idx, dim=0))
-    _replace(model, u.attn_out, _slice_linear(mods[u.attn_out], idx, dim=1))
+        _replace(model, n, _slice_linear(_linear(mods, n), idx, dim=0))
+    _replace(model, u.attn_out, _slice_linear(_linear(mods, u.attn_out), idx, dim=1))
     attn = mods[u.qkv[0].rsplit(".", 1)[0]]
-    attn.num_attention_heads = int(alive.sum())
-    attn.all_head_size = attn.num_attention_heads * u.head_size
+    heads = int(alive.sum())
+    # HF attention modules read these two attributes in forward; setattr keeps them plain ints
+    setattr(attn, "num_attention_heads", heads)  # noqa: B010
+    setattr(attn, "all_head_size", heads * u.head_size)  # noqa: B010
 
 
 def _keep_neurons(model: nn.Module, mods: dict[str, nn.Module], u: StructuredUnit, alive: torch.Tensor) -> None:
     idx = torch.nonzero(alive).flatten()
-    _replace(model, u.ffn_in, _slice_linear(mods[u.ffn_in], idx, dim=0))
-    _replace(model, u.ffn_out, _slice_linear(mods[u.ffn_out], idx, dim=1))
+    _replace(model, u.ffn_in, _slice_linear(_linear(mods, u.ffn_in), idx, dim=0))
+    _replace(model, u.ffn_out, _slice_linear(_linear(mods, u.ffn_out), idx, dim=1))
+
+
+def _linear(mods: dict[str, nn.Module], name: str) -> nn.Linear:
+    module = mods[name]
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"{name} is a {type(module).__name__}, not the nn.Linear structured pruning slices")
+    return module
 
 
 def _slice_linear(linear: nn.Linear, idx: torch.Tensor, dim: int) -> nn.Linear:

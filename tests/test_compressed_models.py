@@ -188,3 +188,12 @@ def test_weights_sharded_by_save_pretrained_load_too(pruned_dir, tmp_path):
     assert (sharded / "model.safetensors.index.json").is_file()
     loaded, reference = load_pruned(sharded), load_pruned(pruned_dir)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))
+
+
+def test_a_bf16_model_stays_bf16(tmp_path):
+    model = _bert().to(torch.bfloat16)
+    factorize_model(model, rank=3)
+    save_low_rank(model, tmp_path / "bf16", onnx=False)
+    loaded = load_low_rank(tmp_path / "bf16")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

@@ -654,13 +654,13 @@ def _plan(capsys, *argv: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-PLAN_BASE = ("--task", "mlm", "--seq-len", "128", "--global-batch", "32")
+PLAN_BASE = ("--task", "mlm", "--seq_len", "128", "--global_batch", "32")
 
 
 def test_plan_classification_config_for_explicit_dimensions(capsys, tmp_path):
     code, err = _plan(capsys, "--arch", "bert", "--layers", "2", "--hidden", "64", "--heads", "2", "--vocab", "100",
-                      "--task", "classification", "--seq-len", "64", "--global-batch", "8", "--hardware", "cpu",
-                      "--emit-config", str(tmp_path / "c.yaml"))
+                      "--task", "classification", "--seq_len", "64", "--global_batch", "8", "--hardware", "cpu",
+                      "--emit_config", str(tmp_path / "c.yaml"))
     assert code == 2
     assert "is given by its dimensions: a classification config needs a tokenizer" in err
 

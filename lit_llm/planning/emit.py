@@ -145,13 +145,13 @@ def emit_config(
     """
     path = Path(path)
     if path.exists():
-        raise FileExistsError(f"--emit-config {str(path)!r} already exists; choose a new file name or move it away "
+        raise FileExistsError(f"--emit_config {str(path)!r} already exists; choose a new file name or move it away "
                               "(the planner never overwrites a file).")
     config = plan_config(req, best, data_path)
     header = [f"# lit-llm plan: {best.choice.label} on {req.devices} x {req.nodes} x {req.hardware.name}"]
     header += [f"#   {r}" for r in reasons]
     if data_path is None:
-        header.append(f"# Replace {_PLACEHOLDER} with your data (or pass --data-path to lit-llm plan).")
+        header.append(f"# Replace {_PLACEHOLDER} with your data (or pass --data_path to lit-llm plan).")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False))
     return path

@@ -105,7 +105,7 @@ class PlanRequest:
                                 f"(global {self.global_batch} / {world} devices); choose a divisor of {per_device}")
         if self.model.max_positions and self.seq_len > self.model.max_positions:
             problems.append(f"seq_len {self.seq_len} exceeds {self.model.name}'s {self.model.max_positions} "
-                            "position embeddings; use a shorter --seq-len")
+                            "position embeddings; use a shorter --seq_len")
         if self.precision is not None:
             if self.precision not in PRECISIONS:
                 problems.append(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -315,7 +315,7 @@ def _nothing_fits_message(req: PlanRequest, candidates: list[Candidate]) -> str:
     if hw.is_gpu and not req.allow_offload:
         off = _try(req, allow_offload=True)
         if off:
-            ideas.append(f"CPU offload (drop --no-offload): {off.choice.label}, {off.memory.peak / GIB:.1f} GiB")
+            ideas.append(f"CPU offload (drop --no_offload): {off.choice.label}, {off.memory.peak / GIB:.1f} GiB")
     if req.micro_batch is not None and req.micro_batch > 1:
         small = _try(req, micro_batch=1)
         if small:
@@ -324,11 +324,11 @@ def _nothing_fits_message(req: PlanRequest, candidates: list[Candidate]) -> str:
     while seq >= 32:
         short = _try(req, seq_len=seq)
         if short:
-            ideas.append(f"a shorter sequence: --seq-len {seq} ({short.memory.peak / GIB:.1f} GiB)")
+            ideas.append(f"a shorter sequence: --seq_len {seq} ({short.memory.peak / GIB:.1f} GiB)")
             break
         seq //= 2
     if not hw.is_gpu:
-        ideas.append("a machine with more memory (--memory-gb)")
+        ideas.append("a machine with more memory (--memory_gb)")
     if not ideas:
         ideas.append("a device with more memory (--hardware) or a smaller model")
     return head + " What would fit: " + "; or ".join(ideas) + "."
@@ -366,7 +366,7 @@ def _reasons(req: PlanRequest, best: Candidate, everything: list[Candidate]) -> 
         ("offload", "CPU offload", "moves weights, gradients and AdamW to host memory over PCIe"),
     ):
         if attr == "offload" and not (hw.is_gpu and req.allow_offload):
-            continue  # never a candidate: CPU training, or --no-offload
+            continue  # never a candidate: CPU training, or --no_offload
         other = _best_where(everything, **{attr: not getattr(c, attr)})
         if getattr(c, attr):
             alt = f"without it the best plan is {other.time.step_s / best.time.step_s:.2f}x slower" if other else \

@@ -182,7 +182,7 @@ HARDWARE_PRESETS: dict[str, HardwareSpec] = {
         "cpu", 32.0, {"32": 1.0, "bf16": 0.5}, mfu=0.5, intra_node_gbps=10.0, inter_node_gbps=1.25,
         host_memory_gib=32.0, pcie_gbps=0.0, op_overhead_us=15.0, memory_gbps=10.0, context_gib=0.0,
         is_gpu=False,
-        notes="peak and bandwidth are placeholders (pass --peak-tflops-fp32, scripts/measure_planner.py measures "
+        notes="peak and bandwidth are placeholders (pass --peak_tflops_fp32, scripts/measure_planner.py measures "
         "them); bf16 is taken at half the fp32 rate (no AMX)",
     ),
     "T4": HardwareSpec(
@@ -296,7 +296,7 @@ def resolve_hardware(name: str, **overrides: Any) -> HardwareSpec:
     if key is None:
         raise _unknown(
             "hardware", name, HARDWARE_PRESETS,
-            "Or describe it: --memory-gb, --peak-tflops and --bandwidth-gbps with --hardware custom.",
+            "Or describe it: --memory_gb, --peak_tflops and --bandwidth_gbps with --hardware custom.",
         )
     spec = HARDWARE_PRESETS[key]
     changes = {k: v for k, v in overrides.items() if v is not None}

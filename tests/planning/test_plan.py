@@ -76,7 +76,7 @@ def test_nothing_fits_says_what_would():
         make_plan(_req("llama-7b", "clm", 4096, 8, "A10", allow_offload=False))
     with pytest.raises(NothingFitsError, match=r"a smaller micro-batch: 1 with accumulation"):
         make_plan(_req("bert-large", "mlm", 512, 256, "T4", micro_batch=256, strategy="ddp"))
-    with pytest.raises(NothingFitsError, match=r"CPU offload \(drop --no-offload\)"):
+    with pytest.raises(NothingFitsError, match=r"CPU offload \(drop --no_offload\)"):
         make_plan(_req("gpt2-xl", "clm", 128, 1, "T4", allow_offload=False))
 
 
@@ -87,7 +87,7 @@ def test_nothing_fits_suggests_a_shorter_sequence():
     large = min(c.memory.peak for c in evaluate_candidates(_req("gpt2", "clm", 1024, 16, "cpu", micro_batch=16)))
     assert small < large
     cpu = resolve_hardware("cpu", memory_gib=(small + large) / 2 / GIB)
-    with pytest.raises(NothingFitsError, match=r"a shorter sequence: --seq-len 512 .*more memory"):
+    with pytest.raises(NothingFitsError, match=r"a shorter sequence: --seq_len 512 .*more memory"):
         make_plan(_req("gpt2", "clm", 1024, 16, cpu, micro_batch=16))
 
 

@@ -11,7 +11,10 @@ therefore an HF directory plus a small JSON manifest of what differs from the co
   {"bert.encoder.layer.0.attention.self.query": {"in_features": 32, "out_features": 32, "rank": 4, "bias": true}}}``).
 
 :func:`load_pruned` / :func:`load_low_rank` build the model from ``config.json`` (a transformers class, never code
-from the directory), reshape it as the manifest says, and load ``model.safetensors`` strictly. ``model.onnx``
+from the directory), reshape it as the manifest says, and load the weights strictly. Where the shapes differ from
+the config, the weights are named ``lit_llm_model.safetensors``, not ``model.safetensors``: transformers 5's
+``from_pretrained`` would otherwise load the directory, re-initialize every layer whose shape differs at random and
+only log it; without ``model.safetensors`` it refuses. ``model.onnx``
 (written by :func:`lit_llm.export.export_onnx`) serves the same model with onnxruntime alone. The directory also
 holds the tokenizer when one is given.
 
@@ -37,6 +40,7 @@ from lit_llm.pruning import find_structured_units, resize_structured, shrink_str
 __all__ = [
     "LOW_RANK_MANIFEST",
     "PRUNING_MANIFEST",
+    "RESHAPED_WEIGHTS",
     "ManifestError",
     "artifact_stats",
     "check_artifact_dir",
@@ -51,6 +55,8 @@ __all__ = [
 
 PRUNING_MANIFEST = "lit_llm_pruning.json"
 LOW_RANK_MANIFEST = "lit_llm_low_rank.json"
+# The weights of a model whose shapes its config does not describe (see the module docstring for why not model.*).
+RESHAPED_WEIGHTS = "lit_llm_model.safetensors"
 _PRUNING_FORMAT = "lit_llm.structured_pruning"
 _LOW_RANK_FORMAT = "lit_llm.low_rank"
 _VERSION = 1
@@ -179,14 +185,20 @@ def save_pruned(
     }
     parameters = sum(p.numel() for p in copy.parameters())
     manifest = {"layers": layers, "parameters": parameters, "dense_parameters": _rebuild_dense_count(model)}
-    return _write(copy, out, tokenizer, onnx, PRUNING_MANIFEST, _PRUNING_FORMAT, manifest)
+    config = copy.config
+    reshaped = any(
+        w["num_attention_heads"] < config.num_attention_heads or w["intermediate_size"] < config.intermediate_size
+        for w in layers.values()
+    )
+    return _write(copy, out, tokenizer, onnx, PRUNING_MANIFEST, _PRUNING_FORMAT, manifest, reshaped)
 
 
 def load_pruned(path: str | Path) -> PreTrainedModel:
     """Load a directory written by :func:`save_pruned`: each block at its pruned width, weights loaded strictly.
 
     Args:
-        path: the artifact directory (``config.json``, ``model.safetensors``, ``lit_llm_pruning.json``).
+        path: the artifact directory (``config.json``, ``lit_llm_model.safetensors`` or, when no block was
+            shrunk, ``model.safetensors``, and ``lit_llm_pruning.json``).
 
     Returns:
         The model in eval mode.
@@ -266,7 +278,7 @@ def save_low_rank(
     copy = _rebuild(model, state_dict, low_rank=layers)
     parameters = sum(p.numel() for p in copy.parameters())
     manifest = {"layers": layers, "parameters": parameters, "dense_parameters": _rebuild_dense_count(model)}
-    return _write(copy, out, tokenizer, onnx, LOW_RANK_MANIFEST, _LOW_RANK_FORMAT, manifest)
+    return _write(copy, out, tokenizer, onnx, LOW_RANK_MANIFEST, _LOW_RANK_FORMAT, manifest, reshaped=True)
 
 
 def load_low_rank(path: str | Path) -> PreTrainedModel:
@@ -409,9 +421,14 @@ def _write(
     manifest_name: str,
     fmt: str,
     manifest: dict[str, Any],
+    reshaped: bool,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    if reshaped:  # hide the weights from from_pretrained, which would load them into random layers (module doc)
+        for name in ("model.safetensors", "model.safetensors.index.json"):
+            if (out / name).is_file():
+                (out / name).rename(out / name.replace("model.safetensors", RESHAPED_WEIGHTS))
     (out / manifest_name).write_text(json.dumps({"format": fmt, "version": _VERSION, **manifest}, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
@@ -481,11 +498,18 @@ def _build(path: Path) -> PreTrainedModel:
 def _load_weights(model: PreTrainedModel, path: Path, manifest_name: str) -> PreTrainedModel:
     from safetensors.torch import load_file
 
-    index = path / "model.safetensors.index.json"
+    bases = (RESHAPED_WEIGHTS, "model.safetensors")
+    base = next((b for b in bases if (path / b).is_file() or (path / f"{b}.index.json").is_file()), None)
+    if base is None:
+        raise FileNotFoundError(
+            f"{path} holds neither {RESHAPED_WEIGHTS} nor model.safetensors (nor their sharded index); "
+            "the artifact directory is incomplete."
+        )
+    index = path / f"{base}.index.json"
     if index.is_file():  # sharded by save_pretrained for large models
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     else:
-        files = ["model.safetensors"]
+        files = [base]
     state: dict[str, torch.Tensor] = {}
     for name in files:
         if not (path / name).is_file():

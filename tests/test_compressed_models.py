@@ -176,16 +176,26 @@ def test_corrupt_low_rank_manifest_names_the_file_and_key(low_rank_dir, tmp_path
 
 def test_missing_weights_file_is_named(low_rank_dir, tmp_path):
     bad = _copy_with(low_rank_dir, tmp_path / "bad", "lit_llm_low_rank.json", lambda d: None)
-    (bad / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"model.safetensors is missing; the artifact directory is incomplete"):
+    (bad / "lit_llm_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"holds neither lit_llm_model.safetensors nor model.safetensors"):
         load_low_rank(bad)
+
+
+@pytest.mark.parametrize("artifact", ["pruned_dir", "low_rank_dir"])
+def test_from_pretrained_refuses_an_artifact_it_would_load_wrongly(artifact, request):
+    # transformers 5 would re-initialize every reshaped layer at random and only log it; without model.safetensors
+    # it refuses, and the error names the directory
+    path = request.getfixturevalue(artifact)
+    assert not (path / "model.safetensors").exists() and (path / "lit_llm_model.safetensors").is_file()
+    with pytest.raises(OSError, match=r"model.safetensors"):
+        BertForSequenceClassification.from_pretrained(path)
 
 
 def test_weights_sharded_by_save_pretrained_load_too(pruned_dir, tmp_path):
     sharded = tmp_path / "sharded"
     load_pruned(pruned_dir).save_pretrained(sharded, max_shard_size="40KB")  # several model-0000x-of-0000y files
     (sharded / "lit_llm_pruning.json").write_bytes((pruned_dir / "lit_llm_pruning.json").read_bytes())
-    assert (sharded / "model.safetensors.index.json").is_file()
+    assert (sharded / "model.safetensors.index.json").is_file()  # save_pretrained's names: the loader takes them too
     loaded, reference = load_pruned(sharded), load_pruned(pruned_dir)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))
 

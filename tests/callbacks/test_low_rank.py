@@ -92,7 +92,7 @@ def test_artifact_keeps_the_factors_and_loads_in_a_fresh_process(tmp_path):
     assert loaded["parameters"] < manifest["dense_parameters"] == sum(p.numel() for p in dense.parameters())
     dense.save_pretrained(tmp_path / "dense")
     dense_bytes = (tmp_path / "dense" / "model.safetensors").stat().st_size
-    assert (artifact / "model.safetensors").stat().st_size < 0.8 * dense_bytes
+    assert (artifact / "lit_llm_model.safetensors").stat().st_size < 0.8 * dense_bytes
     report = json.loads((tmp_path / "compression_report.json").read_text())["sections"]["low_rank_artifact"]
     assert report["parameters"] == manifest["parameters"] and report["onnx_bytes"] > 0
 

@@ -193,7 +193,7 @@ def test_structured_artifact_is_smaller_and_loads_in_a_fresh_process(tmp_path):
     assert loaded["parameters"] == manifest["parameters"] < sum(p.numel() for p in dense.parameters())
     dense.save_pretrained(tmp_path / "dense")
     dense_bytes = (tmp_path / "dense" / "model.safetensors").stat().st_size
-    assert (artifact / "model.safetensors").stat().st_size < 0.8 * dense_bytes
+    assert (artifact / "lit_llm_model.safetensors").stat().st_size < 0.8 * dense_bytes
     report = json.loads((tmp_path / "compression_report.json").read_text())["sections"]["pruning_artifact"]
     assert report["parameters"] == manifest["parameters"] and report["onnx_bytes"] > 0
 

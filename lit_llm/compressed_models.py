@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_llm.hf import check_export_dir
+from lit_llm.hf import check_export_dir, trust_remote_code
 from lit_llm.low_rank import LowRankLinear
 from lit_llm.pruning import find_structured_units, resize_structured, shrink_structured
 
@@ -484,7 +484,7 @@ def _build(path: Path) -> PreTrainedModel:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} is missing; the artifact directory is incomplete.")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code())
     names = getattr(config, "architectures", None) or []
     cls = getattr(transformers, names[0], None) if names else None
     if cls is None or not isinstance(cls, type) or not issubclass(cls, PreTrainedModel):

@@ -31,7 +31,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from lit_llm.hf import check_export_dir, export_pretrained
+from lit_llm.hf import check_export_dir, export_pretrained, trust_remote_code
 from lit_llm.quantization import DEFAULT_SKIP, import_onnxruntime, quantizable_linear_names
 
 __all__ = [
@@ -327,7 +327,7 @@ def load_int8_onnx(directory: str | Path, num_threads: int | None = None) -> Onn
     if (directory / "config.json").is_file():
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(directory)
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code())
     return OnnxRuntimeModel(path, config, num_threads)
 
 
@@ -413,5 +413,7 @@ def export_bitsandbytes(
     with tempfile.TemporaryDirectory() as tmp:
         hf_model = cast(PreTrainedModel, model)  # checked by _require_pretrained
         hf_model.save_pretrained(tmp, safe_serialization=True)
-        quantized = type(hf_model).from_pretrained(tmp, quantization_config=quantization, device_map={"": str(device)})
+        quantized = type(hf_model).from_pretrained(
+            tmp, quantization_config=quantization, device_map={"": str(device)}, trust_remote_code=trust_remote_code()
+        )
         return export_pretrained(quantized, tokenizer, out)

@@ -226,7 +226,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, seq_len: int = 16) -> 
         import onnx  # noqa: F401
     except ImportError:
         raise ImportError("ONNX export needs the onnx package: pip install onnx") from None
-    model = model.eval()
+    was_training = model.training
+    model.eval()
     names = onnx_input_names(model)
     dummy = {
         "input_ids": torch.ones(2, seq_len, dtype=torch.long),
@@ -235,7 +236,8 @@ def export_onnx(model: torch.nn.Module, path: str | Path, seq_len: int = 16) -> 
         "token_type_ids": (torch.arange(seq_len) >= seq_len // 2).long().expand(2, seq_len).contiguous(),
     }
     inputs = tuple(dummy[name] for name in names)
-    wrapper = _Logits(model, names)
+    # In eval mode: the exporter restores the wrapper's mode onto the model afterwards, and a new Module trains.
+    wrapper = _Logits(model, names).eval()
     with torch.no_grad():
         logits = wrapper(*inputs)
     axes = {0: "batch", 1: "sequence"}
@@ -251,6 +253,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, seq_len: int = 16) -> 
         dynamic_axes=dynamic_axes,
         dynamo=False,
     )
+    model.train(was_training)  # the caller's model comes back in the mode it was given in
     return Path(path)
 
 

@@ -57,3 +57,18 @@ def test_gpt2_takes_no_token_types(tiny_gpt2_dir, tiny_bert_dir):
         "attention_mask",
         "token_type_ids",
     ]
+
+
+def test_export_onnx_gives_the_model_back_in_its_own_mode(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lit_llm.export import export_onnx
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=20))
+    model.eval()
+    export_onnx(model, tmp_path / "eval.onnx")
+    assert not any(m.training for m in model.modules())  # dropout stays off for the caller
+    model.train()
+    export_onnx(model, tmp_path / "train.onnx")
+    assert all(m.training for m in model.modules())

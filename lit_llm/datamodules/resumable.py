@@ -175,6 +175,9 @@ class ResumableStreamLoader(DataLoader):
                 f"ResumableStreamLoader needs an IterableDataset with set_epoch(epoch), got {type(dataset).__name__}; "
                 "for a map-style dataset use ResumableDataLoader"
             )
+        # A seeded generator, so creating an iterator never draws from the global RNG (which would shift dropout
+        # after a resume: Lightning creates the first iterator before ExactResume restores the RNG).
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
         super().__init__(dataset, batch_size=batch_size, **kwargs)
         sampler = _EpochSampler()
         # DataLoader refuses a sampler for an iterable dataset and any sampler set after __init__; this one is
@@ -194,17 +197,30 @@ class ResumableStreamLoader(DataLoader):
         """Make the next iteration of ``state_dict["epoch"]`` drop its first ``state_dict["batches"]`` batches."""
         self._pending = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
 
+    def _follow_fit_loop(self, loop: Any) -> None:
+        """Take the epoch, and on a resume the position, that Lightning's fit loop is about to run.
+
+        Lightning starts iterating before its ``reset`` settles a restored epoch, so this reads the restored
+        progress the way that ``reset`` does (``FitLoop.reset`` / ``update_restart_stage``, lightning 2.6): a
+        checkpoint taken at the last batch of an epoch (started, not yet processed) continues with the next epoch
+        from its start; one taken mid-epoch continues that epoch after its processed batches.
+        """
+        progress, batches = loop.epoch_progress.current, loop.epoch_loop.batch_progress
+        epoch = progress.processed
+        mid_epoch = loop.restarting and progress.processed < progress.started
+        if mid_epoch and batches.is_last_batch:
+            epoch += 1
+        self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        if mid_epoch and not batches.is_last_batch and batches.current.processed:
+            self.load_state_dict({"epoch": epoch, "batches": batches.current.processed})
+
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         # A generator: nothing runs until the first batch is requested, after Lightning restored the checkpoint.
         return self._batches()
 
     def _batches(self) -> Iterator[Any]:
-        trainer = self.trainer
-        if trainer is not None and getattr(trainer.state, "fn", None) == "fit":
-            loop = trainer.fit_loop
-            self.sampler.set_epoch(loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
-            if loop.restarting and loop.epoch_loop.batch_progress.current.processed:
-                self.load_state_dict({"epoch": self.epoch, "batches": loop.epoch_loop.batch_progress.current.processed})
+        if self.trainer is not None and getattr(self.trainer.state, "fn", None) == "fit":
+            self._follow_fit_loop(self.trainer.fit_loop)
         pending, self._pending = self._pending, None
         skip = pending["batches"] if pending is not None and pending["epoch"] == self.epoch else 0
         self.dataset.set_epoch(self.epoch)  # type: ignore[attr-defined]

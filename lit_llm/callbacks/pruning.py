@@ -69,10 +69,12 @@ class Pruning(Callback):
     PL #13595). Masks are saved in checkpoints and restored on resume.
 
     Unstructured (``mode="unstructured"``) prunes single weights, ranked globally or per layer. Structured modes
-    remove whole attention heads and / or FFN neurons of BERT-family blocks by weight norm; before test or
-    predict (``shrink=True``) the zeroed heads / neurons are sliced away so the layers are really smaller and
-    faster. The weights are always plain tensors (no ``weight_orig`` parametrization), so the checkpoint and
-    the exported HF model are a plain model.
+    remove whole attention heads and / or FFN neurons of BERT-family blocks by weight norm; at the end of fit
+    (and before a test or predict that did not follow one), with ``shrink=True``, the zeroed heads / neurons are
+    sliced away so the layers are really smaller and faster, also for a callback listed after this one
+    (``Int8Quantization(apply_on="fit_end")`` then quantizes the smaller model: one artifact for both). The
+    weights are always plain tensors (no ``weight_orig`` parametrization), so the checkpoint and the exported HF
+    model are a plain model.
 
     At the end of a successful fit (``export_artifact=True``) the pruned model is written to ``artifact_dir`` (default
     ``<trainer.default_root_dir>/export-pruned``) by :func:`lit_llm.compressed_models.save_pruned`: zeroed heads and
@@ -81,7 +83,7 @@ class Pruning(Callback):
     ``model.onnx`` with onnxruntime (unstructured pruning: the same directory, dense with the zeros kept, which
     ``from_pretrained`` also loads). It is written in ``teardown``, after every ``on_fit_end`` hook, so it holds
     the weights the module ends the fit with (ours restore the best checkpoint in their ``on_fit_end``); the
-    module itself stays unshrunk until test / predict. A non-empty directory is refused at fit start.
+    module is shrunk right after it is written. A non-empty directory is refused at fit start.
 
     Contract with the module for the artifact: ``getattr(pl_module, model_attr)`` is the transformers model
     (``PreTrainedModel``), checked at fit start; ``pl_module.tokenizer``, if it is a transformers tokenizer, is
@@ -102,7 +104,7 @@ class Pruning(Callback):
         patterns: regexes (or globs) selecting target Linear layers by name (unstructured only); default:
             the Linear layers inside the transformer blocks (``layer.<i>.``, ``h.<i>.``, ``layers.<i>.``),
             never embeddings or the task head.
-        shrink: structured modes only: slice pruned heads / neurons away before test and predict.
+        shrink: structured modes only: slice pruned heads / neurons away at fit end and before test and predict.
         report: add a ``pruning`` section to the run's compression report at fit end.
         export_artifact: write the pruned-model artifact at fit end.
         artifact_dir: where; None = ``<trainer.default_root_dir>/export-pruned``. Must be new or empty.
@@ -165,6 +167,7 @@ class Pruning(Callback):
         self.model_attr = model_attr
         self.onnx = onnx
         self.artifact_path: Path | None = None  # where the artifact was written, once it was
+        self._shrunk = False  # the zeroed heads / neurons were sliced away (at fit end, or at test / predict)
         self._fit_ended = False
         self.masks: Masks = {}
         self.final_masks: Masks = {}  # the masks in force at fit end, kept for inspection
@@ -184,6 +187,7 @@ class Pruning(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Check the targets before any training step. Not in setup: Lightning runs callbacks' setup before the
         # module's, and our modules build their HF model in their setup.
+        self._shrunk = False
         if self.mode == "unstructured":
             find_target_linears(pl_module, self.patterns)
         else:
@@ -207,9 +211,16 @@ class Pruning(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Lightning calls teardown only after a fit that ended normally, and after the module's on_fit_end (where
         # our modules restore the best checkpoint): the artifact holds the weights the module ends with.
-        if stage != "fit" or not self.export_artifact or not self._fit_ended:
+        if stage != "fit" or not self._fit_ended:
             return
         self._fit_ended = False
+        if self.export_artifact:
+            self._write_artifact(trainer, pl_module)
+        # Shrink now, on every rank: a callback listed after this one (Int8Quantization at fit end) then
+        # compresses the smaller model, so the combined recipe ends in one artifact that is smaller still.
+        self._shrink(trainer, pl_module)
+
+    def _write_artifact(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = hf_model_of(pl_module, self.model_attr, "Pruning")
         sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
         state = full_state_dict(model) if sharded else None  # FSDP2: a collective, every rank gathers
@@ -290,8 +301,9 @@ class Pruning(Callback):
         self.final_masks, self.masks = self.masks, {}
 
     def _shrink(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.shrink or self.mode == "unstructured":
+        if not self.shrink or self.mode == "unstructured" or self._shrunk:
             return
+        self._shrunk = True
         removed = shrink_structured(pl_module)
         rank_zero_info(f"Pruning: shrank the model, removed {removed}.")
         if self.report and trainer.is_global_zero and any(removed.values()):

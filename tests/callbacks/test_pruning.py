@@ -13,7 +13,7 @@ from compression_helpers import UserClassifier, loader, tiny_config, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from lit_llm.callbacks import Pruning
+from lit_llm.callbacks import Int8Quantization, Pruning
 from lit_llm.compressed_models import load_pruned
 from lit_llm.pruning import measure_sparsity
 
@@ -73,12 +73,13 @@ def test_masks_survive_checkpoint_and_resume(tmp_path):
         torch.testing.assert_close(a, b, msg=name)
 
 
-def test_structured_heads_pruned_then_shrunk_before_test(tmp_path):
+def test_structured_heads_pruned_then_shrunk_at_fit_end(tmp_path):
     cb = Pruning(amount=0.5, mode="heads_and_neurons", scope="per_layer")
     model = UserClassifier()
     t = trainer(tmp_path, [cb], max_steps=3)
     t.fit(model, loader())
-    assert model.model.bert.encoder.layer[0].attention.self.query.out_features == 32  # zeroed, not yet shrunk
+    attn = model.model.bert.encoder.layer[0].attention.self
+    assert attn.query.out_features == 16  # shrunk at fit end, so callbacks after this one see the smaller model
     t.test(model, loader(n=16))
     attn = model.model.bert.encoder.layer[0].attention.self
     assert attn.query.out_features == 16 and attn.num_attention_heads == 2
@@ -174,7 +175,6 @@ def test_structured_artifact_is_smaller_and_loads_in_a_fresh_process(tmp_path):
     trainer(tmp_path, [cb], max_steps=3).fit(model, loader())
     artifact = tmp_path / "export-pruned"  # the default: <default_root_dir>/export-pruned
     assert cb.artifact_path == artifact
-    assert model.model.bert.encoder.layer[0].attention.self.query.out_features == 32  # the module is not shrunk
     inputs = example_inputs()
     expected = in_memory_logits(model.model, inputs)
 
@@ -187,6 +187,8 @@ def test_structured_artifact_is_smaller_and_loads_in_a_fresh_process(tmp_path):
         assert loaded["shapes"][f"{block}.attention.self.query.weight"] == [widths["num_attention_heads"] * 8, 32]
         assert loaded["shapes"][f"{block}.attention.output.dense.weight"] == [32, widths["num_attention_heads"] * 8]
         assert loaded["shapes"][f"{block}.intermediate.dense.weight"] == [widths["intermediate_size"], 32]
+    for i, widths in enumerate(manifest["layers"].values()):  # the module itself is shrunk alike at fit end
+        assert model.model.bert.encoder.layer[i].attention.self.query.out_features == widths["num_attention_heads"] * 8
     assert sum(w["num_attention_heads"] for w in manifest["layers"].values()) == 4  # 2 blocks x 4 heads, 50% gone
     assert sum(w["intermediate_size"] for w in manifest["layers"].values()) == 40  # 2 x 40 neurons, 50% gone
     dense = BertForSequenceClassification(tiny_config())
@@ -233,12 +235,12 @@ def test_artifact_holds_the_weights_our_module_restores_at_fit_end(tmp_path, tin
     assert np.abs(in_memory_logits(final, inputs) - restored).max() > 1e-3  # restoring changed the model
     assert (tmp_path / "export-pruned" / "tokenizer_config.json").is_file()  # the module's tokenizer came along
 
-    # the module's own HF export keeps the zeroed heads at full size; the in-memory model too until test
+    # the module's own HF export (written before the shrink) keeps the zeroed heads at full size: the same function
     exported = AutoModelForSequenceClassification.from_pretrained(model.export_path)
     keys = [k for k in pruning.final_masks if k.endswith("weight")]  # names in the LightningModule: model.bert...
-    zeros = measure_sparsity(exported, [k.removeprefix("model.") for k in keys])
-    assert zeros == measure_sparsity(model, keys) and zeros[0] > 0
-    t.test(model, datamodule=data)  # Pruning shrinks the module before test: then it equals the artifact in shape
+    assert measure_sparsity(exported, [k.removeprefix("model.") for k in keys])[0] > 0
+    np.testing.assert_allclose(in_memory_logits(exported, inputs), restored, atol=1e-4, rtol=0)
+    t.test(model, datamodule=data)  # the module was shrunk at fit end: it equals the artifact in shape
     shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in artifact.state_dict().items()}
     np.testing.assert_allclose(in_memory_logits(model.model, inputs), restored, atol=1e-4, rtol=0)
@@ -305,3 +307,15 @@ def test_artifact_with_int8_at_fit_end_or_low_rank_in_the_same_run(tmp_path):
     assert any(".a.weight" in k for k in keys)
     reloaded = load_low_rank(tmp_path / "c" / "export-low-rank")
     assert measure_sparsity(reloaded, [k.removeprefix("model.") for k in keys]) == measure_sparsity(model, keys)
+
+
+def test_int8_after_structured_pruning_quantizes_the_shrunk_model(tmp_path):
+    """The combined recipe ends in one artifact: the int8 model has the pruned widths."""
+    onnx = pytest.importorskip("onnx")
+    callbacks = [Pruning(amount=0.5, mode="heads_and_neurons", scope="per_layer", export_artifact=False),
+                 Int8Quantization(apply_on="fit_end", report=False)]
+    trainer(tmp_path, callbacks, max_steps=3).fit(UserClassifier(), loader())
+    graph = onnx.load(str(tmp_path / "export-int8" / "model.int8.onnx")).graph
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    query = [dims for name, dims in shapes.items() if name.endswith("layer.0.attention.self.query.bias")]
+    assert query == [[16]]  # 2 of 4 heads of 8 dims: the int8 artifact is the shrunk model

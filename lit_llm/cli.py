@@ -412,6 +412,9 @@ class LitLLMCLI(LightningCLI):
             report = getattr(cb, "report_path", None)
             if report:
                 lines.append(f"{type(cb).__name__} report: {report}")
+            artifact = getattr(cb, "artifact_path", None)  # what a compression callback wrote for serving
+            if artifact:
+                lines.append(f"{type(cb).__name__} artifact: {artifact}")
         for logger in self.trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 run = getattr(logger, "_experiment", None)

@@ -154,7 +154,7 @@ class Int8Quantization(Callback):
         self.export_artifact = export_artifact
         self.quantized = False
         self.qat_step: int | None = None
-        self.artifact: Path | None = None  # the directory written at fit end
+        self.artifact_path: Path | None = None  # the directory written at fit end
         self._artifact_weights: torch.Tensor | None = None  # fingerprint of the float weights it was made from
         self._fit_ended = False
 
@@ -253,7 +253,7 @@ class Int8Quantization(Callback):
         else:
             export_bitsandbytes(model, path, tokenizer, bits=8, skip=self.skip)
             how = "from_pretrained on CUDA"
-        self.artifact = path
+        self.artifact_path = path
         self._artifact_weights = _fingerprint(model)
         rank_zero_info(f"Int8Quantization: int8 model for serving written to {path} (load with {how}).")
         if self.report:
@@ -295,8 +295,8 @@ class Int8Quantization(Callback):
         if isinstance(model, OnnxRuntimeModel):
             return model, "already int8"
         weights = self._artifact_weights
-        if self.artifact is not None and weights is not None and torch.equal(_fingerprint(model), weights):
-            return load_int8_onnx(self.artifact), f"the artifact in {self.artifact}"
+        if self.artifact_path is not None and weights is not None and torch.equal(_fingerprint(model), weights):
+            return load_int8_onnx(self.artifact_path), f"the artifact in {self.artifact_path}"
         return onnx_int8_model(model, self.skip), "quantized from the current weights"
 
     def _int8_stats(self, int8: nn.Module, batch: Any, float_stats: dict[str, Any]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def test_fit_writes_an_int8_artifact_a_fresh_process_serves_like_the_in_memory_i
     t = trainer(tmp_path, [callback], max_steps=3)
     t.fit(model, loader())
     artifact = tmp_path / "export-int8"
-    assert callback.artifact == artifact and (artifact / INT8_ONNX_FILE).is_file()
+    assert callback.artifact_path == artifact and (artifact / INT8_ONNX_FILE).is_file()
     assert any(f"written to {artifact}" in line for line in said)  # the user is told where it is
     float_model = copy.deepcopy(model.model).eval()
     bf16_dir = export_bf16(float_model, tmp_path / "export-bf16", tiny_tokenizer)

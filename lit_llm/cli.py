@@ -396,7 +396,7 @@ class LitLLMCLI(LightningCLI):
             score = getattr(checkpoint, "best_model_score", None)
             lines.append(
                 f"best checkpoint:  {best}"
-                + (f" ({checkpoint.monitor}={float(score):.4f})" if score is not None else "")
+                + (f" ({getattr(checkpoint, 'monitor', None)}={float(score):.4f})" if score is not None else "")
             )
         last = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
         if last:

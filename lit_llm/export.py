@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from lit_llm.checkpointing import CheckpointError, load_checkpoint_file, require_lightning_checkpoint
 
@@ -174,10 +175,11 @@ def export_checkpoint(
         raise CheckpointError(
             f"{type(module).__name__} holds no Hugging Face model in `.model` to export; export its weights yourself"
         )
-    tokenizer = None
+    tokenizer: PreTrainedTokenizerBase | None = None
     try:
-        tokenizer = module.tokenizer  # type: ignore[attr-defined]
-    except (AttributeError, ValueError, OSError):
+        found = module.tokenizer
+        tokenizer = found if isinstance(found, PreTrainedTokenizerBase) else None
+    except (AttributeError, ValueError, OSError):  # a module without one, or one that cannot load it
         pass
     out = export_pretrained(hf_model, tokenizer, out_dir)
     if onnx:

@@ -180,6 +180,12 @@ class LowRankFactorization(Callback):
         if self.report and trainer.is_global_zero:
             self._dense = copy.deepcopy(task_model(pl_module))
         self.ranks = factorize_model(pl_module, self.rank, self.energy, self.patterns)
+        if not self.ranks:  # a drop-in never runs and does nothing
+            setting = f"rank={self.rank}" if self.rank is not None else f"energy={self.energy}"
+            raise ValueError(
+                f"LowRankFactorization({setting}): no Linear layer was factorized, since none would get smaller (an "
+                "m x n layer shrinks only when rank < m*n/(m+n)); give a lower rank or energy."
+            )
         rank_zero_info(f"LowRankFactorization: factorized {len(self.ranks)} Linear layers.")
 
     @override

@@ -112,3 +112,11 @@ def test_module_without_the_hf_model_attribute_is_refused_before_training(tmp_pa
     with pytest.raises(AttributeError, match=r"LowRankFactorization: .*UserClassifier\.backbone, which holds nothing"):
         t.fit(UserClassifier(), loader())
     assert t.global_step == 0
+
+
+def test_a_rank_that_factorizes_nothing_fails_before_training(tmp_path):
+    # hidden 32: a 32 x 32 layer gets smaller only below rank 16; rank 20 would make every layer bigger
+    t = trainer(tmp_path, [LowRankFactorization(rank=20, report=False, export_artifact=False)], max_steps=2)
+    with pytest.raises(ValueError, match=r"LowRankFactorization\(rank=20\): no Linear layer was factorized"):
+        t.fit(UserClassifier(), loader())
+    assert t.global_step == 0

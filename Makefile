@@ -34,7 +34,6 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m pip install -q ruff mypy
 	$(VENV)/bin/ruff check lit_llm tests scripts
 	$(VENV)/bin/mypy lit_llm
 

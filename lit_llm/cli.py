@@ -220,6 +220,7 @@ class LoggedSaveConfig(SaveConfigCallback):
     """Saves ``config.yaml`` into the run directory and sends the full CLI config to every logger (W&B run config)."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # skip_none=False, as Lightning's SaveConfigCallback dumps config.yaml: W&B gets that config, None values too
         config = self.parser.dump(self.config, skip_none=False, format="yaml")
         import yaml
 

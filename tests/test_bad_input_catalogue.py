@@ -130,7 +130,8 @@ def test_export_checkpoint_of_no_known_module(tmp_path):
 
     path = tmp_path / "user.ckpt"
     torch.save({"state_dict": {"layer.weight": torch.zeros(1, 2)}, "hyper_parameters": {}}, path)
-    with pytest.raises(CheckpointError, match=r"user.ckpt does not say which LightningModule wrote it .*; pass --module"):
+    message = r"user.ckpt does not say which LightningModule wrote it .*; pass --module"
+    with pytest.raises(CheckpointError, match=message):
         export_checkpoint(path, tmp_path / "out")
 
 

@@ -191,11 +191,11 @@ COMMAND_RULES: list[tuple[str, Callable[[str, Path], None] | tuple[str, str]]] =
     (r"^pip install -e", (SKIP, "the set-up itself (make runs it)")),
     (r"^(\.venv/bin/)?python scripts/prepare_(data|wnut16)\.py", (SKIP, "needs the data packages (make data); the "
                                                                        "tiny world holds stand-ins at the same paths")),
-    (r"--trainer\.strategy lit_llm\.strategies\.TransformerFSDP ", (SKIP, "FSDP1 needs CUDA; tests/strategies/"
-                                                                           "test_fsdp.py checks its CPU error")),
+    (r"--trainer\.strategy\.class_path lit_llm\.strategies\.TransformerFSDP ",
+     (SKIP, "FSDP1 needs CUDA; tests/strategies/test_fsdp.py checks its CPU error")),
     (r"--module my_package\.", (SKIP, "a placeholder for your own module; tests/test_export_cli_checkpoints.py "
                                       "exports a user's module with --module")),
-    (r"--trainer\.strategy (ddp|lit_llm\.strategies\.TransformerFSDP2) ", run_lit_llm_subprocess),
+    (r"--trainer\.strategy(\.class_path)? (ddp|lit_llm\.strategies\.TransformerFSDP2) ", run_lit_llm_subprocess),
     (r"^lit-llm fit --config plan\.yaml$", run_emitted_plan),
     (r"^(\.venv/bin/)?lit-llm ", run_lit_llm),
     (r"^(\.venv/bin/)?python scripts/", run_python_script),

@@ -326,7 +326,7 @@ class TextCorpusDataModule(pl.LightningDataModule):
             out = self._resolved_tokenizer_dir()
             if (out / "tokenizer.json").exists():
                 self.tokenizer = load_tokenizer(str(out))
-            elif train:
+            elif train and self.train_tokenizer is not None:
                 raw = self._load_raw(streaming=self.streaming)
                 rank_zero_info(f"Training a {self.train_tokenizer} tokenizer (vocab {self.vocab_size}) into {out}")
                 self.tokenizer = train_tokenizer(self._texts(raw), self.train_tokenizer, self.vocab_size, out,
@@ -383,23 +383,24 @@ class TextCorpusDataModule(pl.LightningDataModule):
         parts = self._tokenized(self._load_raw(streaming=False))
         train = parts.get("train")
         n_docs = 0 if train is None else len(train)
-        if n_docs == 0:
+        if train is None or n_docs == 0:
             raise ValueError(
                 f"the corpus {self._describe()} (text_field={self.text_field!r}) gives no training block of "
                 f"block_size={self.block_size} tokens: it is empty or shorter than one block. Lower block_size, "
                 "use packing=False, or add text."
             )
-        self.train_dataset, self.val_dataset = train, parts.get("val")
+        val = parts.get("val")
+        self.train_dataset, self.val_dataset = train, val
         rank_zero_info(
-            f"TextCorpusDataModule: {len(train)} training examples of <= {self.block_size} tokens"
-            + (f", {len(self.val_dataset)} validation" if self.val_dataset is not None else "")
+            f"TextCorpusDataModule: {n_docs} training examples of <= {self.block_size} tokens"
+            + (f", {len(val)} validation" if val is not None else "")
         )
 
     def _setup_streaming(self) -> None:
         raw = self._load_raw(streaming=True)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         every = round(1 / self.val_fraction) if self.val_fraction > 0 else 0
-        common = dict(rank=rank, world_size=world, seed=self.seed, val_every=every)
+        common: dict[str, Any] = dict(rank=rank, world_size=world, seed=self.seed, val_every=every)
         train = stream_documents(raw, self.text_field, shuffle_buffer=self.shuffle_buffer, **common)
         self.train_dataset = StreamingBlocks(train, self.text_field, self.tokenizer, self.block_size, self.packing,
                                              shuffled=self.shuffle_buffer > 0)

@@ -26,7 +26,7 @@ CASES = [
 def test_callback_from_config(config, cls, expected):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(Callback, "callback")
-    callback = parser.instantiate_classes(parser.parse_object({"callback": config})).callback
+    callback = parser.instantiate(parser.parse_object({"callback": config})).callback
     assert isinstance(callback, cls)
     for key, value in expected.items():
         assert getattr(callback, key) == value
@@ -37,4 +37,4 @@ def test_bad_value_from_config_is_reported():
     parser.add_subclass_arguments(Callback, "callback")
     config = {"callback": {"class_path": "lit_llm.callbacks.Pruning", "init_args": {"amount": 1.2}}}
     with pytest.raises(ValueError, match=r"Pruning\(amount=1.2\)"):
-        parser.instantiate_classes(parser.parse_object(config))
+        parser.instantiate(parser.parse_object(config))

@@ -132,7 +132,7 @@ def spec(name: str, paths: dict[str, str]) -> dict[str, Any]:
 def build(name: str, paths: dict[str, str]) -> Callback:
     p = parser()
     config = p.parse_object({"callback": spec(name, paths)})
-    return p.instantiate_classes(config).callback
+    return p.instantiate(config).callback
 
 
 class UserClassifier(pl.LightningModule):

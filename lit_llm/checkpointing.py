@@ -25,10 +25,10 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
+from lit_llm.compat import PathLike
 from lit_llm.errors import UserInputError
 
 __all__ = [
@@ -57,13 +57,13 @@ class CheckpointError(ValueError, UserInputError):
     """A checkpoint that cannot be used; the message says which file and why."""
 
 
-def is_remote(path: _PATH) -> bool:
+def is_remote(path: PathLike) -> bool:
     """True for a URL that fsspec opens (``s3://b/k``, ``memory://x``), False for a local path or ``file://``."""
     text = str(path)
     return "://" in text and not text.startswith("file://")
 
 
-def _local(path: _PATH) -> Path:
+def _local(path: PathLike) -> Path:
     text = str(path)
     return Path(urlparse(text).path) if text.startswith("file://") else Path(text)
 
@@ -177,7 +177,7 @@ def _load_sharded(path: Path, map_location: Any) -> dict[str, Any]:
     return checkpoint
 
 
-def load_checkpoint_file(path: _PATH, map_location: Any = "cpu", weights_only: bool = True) -> Any:
+def load_checkpoint_file(path: PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:
     """Load a checkpoint without running code from it; errors name the file and say what to do.
 
     Args:
@@ -221,7 +221,7 @@ def load_checkpoint_file(path: _PATH, map_location: Any = "cpu", weights_only: b
     return _load(str(local), str(local), map_location, weights_only)
 
 
-def require_lightning_checkpoint(checkpoint: Any, path: _PATH) -> dict[str, Any]:
+def require_lightning_checkpoint(checkpoint: Any, path: PathLike) -> dict[str, Any]:
     """``checkpoint`` if it is a Lightning checkpoint (a dict with ``state_dict``).
 
     Raises:
@@ -269,7 +269,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO: storage_options={storage_options!r} is not supported")
         if is_remote(path):
@@ -279,7 +279,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     @override
     def load_checkpoint(
-        self, path: _PATH, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
+        self, path: PathLike, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
     ) -> dict[str, Any]:
         safe = True if weights_only is None else weights_only
         checkpoint = load_checkpoint_file(path, map_location=map_location, weights_only=safe)

@@ -3,6 +3,11 @@
 A private name can change in any release. Keeping them here means one file to read when a dependency is
 upgraded, and the test suite turns those libraries' deprecation warnings into errors, so a change is heard
 before it breaks a user's run. Each entry says what it is for and the versions it was checked on.
+
+Private names that cannot live here, because a subclass must override or set them (lightning 2.6.6):
+``lit_llm.strategies.fsdp`` overrides ``FSDPStrategy._setup_model`` (to set the activation-checkpointing check
+per block, ``_activation_checkpointing_kwargs``) and sets ``ModelParallelStrategy._data_parallel_size`` (FSDP2 over
+every process, no tensor parallelism). ``tests/test_compat.py`` fails when one of them disappears.
 """
 
 from __future__ import annotations
@@ -14,7 +19,12 @@ from typing import Any
 
 import torch
 
+# The path type of Lightning's CheckpointIO signatures (str | Path), private in lightning.fabric.utilities.types
+# (2.6.6); AtomicCheckpointIO overrides those methods with the same signature.
+from lightning.fabric.utilities.types import _PATH as PathLike
+
 __all__ = [
+    "PathLike",
     "destroy_process_group_at_exit",
     "load_distributed_checkpoint",
     "materialize_distributed_module",

@@ -123,11 +123,19 @@ def check_export_dir(path: str | Path) -> Path:
     return path
 
 
-def export_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path) -> Path:
-    """``save_pretrained`` the model (safetensors) and tokenizer into ``out_dir``, which must be new or empty."""
+def export_pretrained(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | Path,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
+    """``save_pretrained`` the model (safetensors) and tokenizer into ``out_dir``, which must be new or empty.
+
+    ``state_dict``: the weights to write instead of the model's own (e.g. FSDP2 shards gathered into full tensors).
+    """
     out = check_export_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out

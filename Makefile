@@ -30,8 +30,9 @@ data: $(DATA_STAMP)
 demo: data
 	$(VENV)/bin/lit-llm fit --config configs/finetune/minilm_rotten_tomatoes.yaml --test_after_fit true
 
+# Two workers, one thread each: most tests are small models whose time goes to Python, not to matmuls.
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lit_llm tests scripts

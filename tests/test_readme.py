@@ -250,11 +250,19 @@ PYTHON_PRELUDES: dict[str, str] = {
 }
 
 
-def run_python_block(body: str, cwd: Path) -> None:
-    prelude = next((p for key, p in PYTHON_PRELUDES.items() if key in body), None)
-    assert prelude is not None, f"python block without a prelude rule:\n{body}"
-    script = cwd / "readme_block.py"
-    script.write_text(prelude + "\n" + body)
+def run_python_blocks(blocks: list[tuple[int, str]], cwd: Path) -> None:
+    """Every python block, each in its own namespace, in one fresh interpreter started after all the commands ran
+    (one interpreter, not one per block: importing torch and transformers costs seconds each time)."""
+    runner = ["import sys, traceback", TINY_TRAINER]
+    for line, body in blocks:
+        prelude = next(p for key, p in PYTHON_PRELUDES.items() if key in body)
+        code = (prelude if prelude is not TINY_TRAINER else "") + "\n" + body
+        runner.append(
+            f"try:\n    exec(compile({code!r}, 'README.md:{line}', 'exec'), {{'__name__': '__main__'}})\n"
+            f"except BaseException:\n    traceback.print_exc()\n    sys.exit('README.md:{line}: python block failed')\n"
+        )
+    script = cwd / "readme_blocks.py"
+    script.write_text("\n".join(runner))
     _run([sys.executable, str(script)], cwd)
 
 
@@ -296,6 +304,7 @@ def test_every_readme_block_has_a_rule():
 
 def test_readme_runs_top_to_bottom(world):
     ran, skipped = [], []
+    python_blocks: list[tuple[int, str]] = []
     for lang, line, body in readme_blocks():
         where = f"README.md:{line}"
         if lang in ("bash", "sh", "shell"):
@@ -310,12 +319,10 @@ def test_readme_runs_top_to_bottom(world):
                     raise AssertionError(f"{where}: {command}\n{err}") from None
                 ran.append(command)
         elif lang == "python":
-            try:
-                run_python_block(body, world)
-            except AssertionError as err:
-                raise AssertionError(f"{where}: python block\n{err}") from None
-            ran.append(f"{where}: python")
+            python_blocks.append((line, body))  # run after the commands that make the files they read
         elif lang == "yaml":
             check_yaml_block(body, world)
+    run_python_blocks(python_blocks, world)
+    ran += [f"README.md:{line}: python" for line, _ in python_blocks]
     assert ran, "no README command ran"
     print("ran:", *ran, "skipped:", *skipped, sep="\n  ")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -135,6 +136,32 @@ def module_tokenizer(pl_module: nn.Module) -> PreTrainedTokenizerBase | None:
 
 
 # ------------------------------------------------------------------------------------------------ structured pruning
+def write_module_artifact(
+    pl_module: nn.Module,
+    model_attr: str,
+    owner: str,
+    target: str | Path,
+    save: Callable[..., Path],
+    onnx: bool,
+    is_global_zero: bool,
+) -> Path | None:
+    """What a compression callback writes at fit end: ``save(model, target, tokenizer, onnx, state_dict=...)``.
+
+    The HF model is ``getattr(pl_module, model_attr)``; FSDP2 shards are gathered first (a collective: call it on
+    every rank); only global rank zero writes. Returns the artifact directory there, None on the other ranks.
+
+    Raises:
+        AttributeError: no HF model at ``model_attr``.
+        FileExistsError: ``target`` already holds files.
+    """
+    model = hf_model_of(pl_module, model_attr, owner)
+    sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
+    state = full_state_dict(model) if sharded else None
+    if not is_global_zero:
+        return None
+    return save(model, check_artifact_dir(target, owner), module_tokenizer(pl_module), onnx, state_dict=state)
+
+
 def save_pruned(
     model: PreTrainedModel,
     out_dir: str | Path,

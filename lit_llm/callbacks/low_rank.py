@@ -16,10 +16,9 @@ from lit_llm.callbacks.pruning import check_artifact_order
 from lit_llm.compressed_models import (
     LOW_RANK_MANIFEST,
     artifact_stats,
+    write_module_artifact,
     check_artifact_dir,
-    full_state_dict,
     hf_model_of,
-    module_tokenizer,
     save_low_rank,
 )
 from lit_llm.compression_report import first_batch, measure, task_model, update_report
@@ -159,13 +158,11 @@ class LowRankFactorization(Callback):
     def _write_artifact(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning calls teardown only after a fit that ended normally, and after the module's on_fit_end (where
         # our modules restore the best checkpoint): the artifact holds the weights the module ends with.
-        model = hf_model_of(pl_module, self.model_attr, "LowRankFactorization")
-        sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
-        state = full_state_dict(model) if sharded else None  # FSDP2: a collective, every rank gathers
-        if not trainer.is_global_zero:
+        path = write_module_artifact(pl_module, self.model_attr, "LowRankFactorization",
+                                     self._artifact_target(trainer), save_low_rank, self.onnx, trainer.is_global_zero)
+        if path is None:
             return
-        target = check_artifact_dir(self._artifact_target(trainer), "LowRankFactorization")
-        self.artifact_path = save_low_rank(model, target, module_tokenizer(pl_module), self.onnx, state_dict=state)
+        self.artifact_path = path
         stats = artifact_stats(self.artifact_path, LOW_RANK_MANIFEST)
         rank_zero_info(
             f"LowRankFactorization: wrote the factorized model to {self.artifact_path} ({stats['parameters']:,} "

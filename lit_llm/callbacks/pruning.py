@@ -14,10 +14,9 @@ from typing_extensions import override
 from lit_llm.compressed_models import (
     PRUNING_MANIFEST,
     artifact_stats,
+    write_module_artifact,
     check_artifact_dir,
-    full_state_dict,
     hf_model_of,
-    module_tokenizer,
     save_pruned,
 )
 from lit_llm.compression_report import first_batch, measure, task_model, update_report
@@ -221,13 +220,11 @@ class Pruning(Callback):
         self._shrink(trainer, pl_module)
 
     def _write_artifact(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        model = hf_model_of(pl_module, self.model_attr, "Pruning")
-        sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
-        state = full_state_dict(model) if sharded else None  # FSDP2: a collective, every rank gathers
-        if not trainer.is_global_zero:
+        path = write_module_artifact(pl_module, self.model_attr, "Pruning", self._artifact_target(trainer),
+                                     save_pruned, self.onnx, trainer.is_global_zero)
+        if path is None:
             return
-        target = check_artifact_dir(self._artifact_target(trainer), "Pruning")
-        self.artifact_path = save_pruned(model, target, module_tokenizer(pl_module), self.onnx, state_dict=state)
+        self.artifact_path = path
         stats = artifact_stats(self.artifact_path, PRUNING_MANIFEST)
         rank_zero_info(
             f"Pruning: wrote the pruned model to {self.artifact_path} ({stats['parameters']:,} parameters, "

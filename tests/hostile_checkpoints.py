@@ -43,6 +43,13 @@ class Payload:
         return (builtins.__import__, (self.module_name,))  # the module writes the marker when imported
 
 
+def payload(how: str, marker: Path, module_dir: Path, module_name: str) -> Payload:
+    """A payload alone, to put wherever a test needs it; for ``__import__`` it writes ``module_dir/module_name.py``
+    (which writes the marker when imported), and the caller puts ``module_dir`` on ``sys.path``."""
+    (module_dir / f"{module_name}.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
+    return Payload(how, marker, module_name)
+
+
 def hostile_checkpoint(tmp_path: Path, how: str) -> tuple[Path, Path]:
     """``(checkpoint, marker)``: a Lightning-shaped ``.ckpt`` with a payload among its hyper-parameters.
 

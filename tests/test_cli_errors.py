@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import builtins
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hostile_checkpoints import payload
 
 from lit_llm.callbacks import PlainProgressBar
 from lit_llm.checkpointing import CheckpointError
@@ -149,28 +149,8 @@ def test_subprocess_malformed_and_missing_data_files(tmp_path, tiny_bert_dir, se
 MARKER_CODE = "open({marker!r}, 'w').write('code ran')"
 
 
-class _Reduces:
-    """Pickles as ``fn(*args)``: what a hostile checkpoint runs when unpickled without weights_only."""
-
-    def __init__(self, fn, *args) -> None:
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
-
-
 def _hostile(kind: str, tmp_path: Path, marker: Path) -> object:
-    if kind == "exec":
-        return _Reduces(builtins.exec, MARKER_CODE.format(marker=str(marker)))
-    if kind == "eval":
-        return _Reduces(builtins.eval, MARKER_CODE.format(marker=str(marker)))
-    if kind == "os.system":
-        return _Reduces(os.system, f"touch {marker}")
-    if kind == "subprocess.call":
-        return _Reduces(subprocess.call, ["touch", str(marker)])
-    # __import__ of a module (on sys.path: the run's working directory) whose import writes the marker
-    (tmp_path / "hostile_module.py").write_text(MARKER_CODE.format(marker=str(marker)) + "\n")
-    return _Reduces(builtins.__import__, "hostile_module")
+    return payload(kind, marker, tmp_path, "hostile_module")  # __import__: tmp_path is on sys.path in these tests
 
 
 def _bad_checkpoint(kind: str, tmp_path: Path) -> tuple[Path, Path, str]:

@@ -3,9 +3,6 @@ and the checkpoint `lit-llm fit` wrote is a teacher for a `lit-llm fit` YAML run
 
 from __future__ import annotations
 
-import builtins
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,37 +11,17 @@ import pytest
 import torch
 import yaml
 from compression_helpers import UserClassifier, loader, trainer
+from hostile_checkpoints import payload
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, BertForMaskedLM, BertTokenizer
 
 from lit_llm.callbacks import DistillationTeacher
 from lit_llm.modules import MaskedLanguageModel
 
-MARKER_CODE = "open({marker!r}, 'w').write('code ran')"
-
-
-class _Reduces:
-    """Pickles as ``fn(*args)``: what a hostile checkpoint runs when unpickled without weights_only."""
-
-    def __init__(self, fn: Any, *args: Any) -> None:
-        self.fn, self.args = fn, args
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return self.fn, self.args
 
 
 def _hostile(kind: str, tmp_path: Path, marker: Path) -> object:
-    if kind == "exec":
-        return _Reduces(builtins.exec, MARKER_CODE.format(marker=str(marker)))
-    if kind == "eval":
-        return _Reduces(builtins.eval, MARKER_CODE.format(marker=str(marker)))
-    if kind == "os.system":
-        return _Reduces(os.system, f"touch {marker}")
-    if kind == "subprocess.call":
-        return _Reduces(subprocess.call, ["touch", str(marker)])
-    # __import__ of a module on sys.path whose import writes the marker
-    (tmp_path / "hostile_teacher_module.py").write_text(MARKER_CODE.format(marker=str(marker)) + "\n")
-    return _Reduces(builtins.__import__, "hostile_teacher_module")
+    return payload(kind, marker, tmp_path, "hostile_teacher_module")  # tmp_path is on sys.path in these tests
 
 
 @pytest.mark.parametrize(

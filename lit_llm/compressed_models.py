@@ -26,8 +26,8 @@ Example::
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +46,7 @@ __all__ = [
     "artifact_stats",
     "check_artifact_dir",
     "full_state_dict",
+    "gathered_state_dict",
     "hf_model_of",
     "load_low_rank",
     "load_pruned",
@@ -82,6 +83,12 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def gathered_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """:func:`full_state_dict` when the model holds FSDP2 shards (a collective: call it on every rank), else None,
+    so that ``save_pretrained(state_dict=...)`` saves the model's own weights."""
+    return full_state_dict(model) if any(hasattr(p, "full_tensor") for p in model.parameters()) else None
+
+
 def hf_model_of(pl_module: nn.Module, model_attr: str, owner: str) -> PreTrainedModel:
     """``getattr(pl_module, model_attr)`` when it is a transformers model, else an error naming the fix.
 
@@ -105,13 +112,13 @@ def check_artifact_dir(path: str | Path, owner: str) -> Path:
     Raises:
         FileExistsError: ``path`` exists and is not empty; the message names it and the ways out.
     """
-    path = Path(path)
-    if path.exists() and any(path.iterdir()):
+    try:
+        return check_export_dir(path)
+    except FileExistsError:  # the same check, with the callback's own arguments as the way out
         raise FileExistsError(
             f"{owner}: artifact directory {str(path)!r} already holds files and lit-llm never overwrites an "
             "artifact; pass artifact_dir='<a new directory>', move the old one away, or set export_artifact=False."
-        )
-    return path
+        ) from None
 
 
 def artifact_stats(path: str | Path, manifest_name: str) -> dict[str, Any]:
@@ -155,8 +162,7 @@ def write_module_artifact(
         FileExistsError: ``target`` already holds files.
     """
     model = hf_model_of(pl_module, model_attr, owner)
-    sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
-    state = full_state_dict(model) if sharded else None
+    state = gathered_state_dict(model)
     if not is_global_zero:
         return None
     return save(model, check_artifact_dir(target, owner), module_tokenizer(pl_module), onnx, state_dict=state)

@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_llm.checkpointing import load_checkpoint_file, require_lightning_checkpoint
-from lit_llm.compressed_models import full_state_dict
+from lit_llm.compressed_models import gathered_state_dict
 from lit_llm.hf import export_pretrained
 
 __all__ = ["run_dir", "output_dir", "restore_best_checkpoint", "export_best"]
@@ -70,9 +70,7 @@ def export_best(
     restore_best_checkpoint(module)
     if not export:
         return None
-    # FSDP2 shards (DTensors) are gathered into full tensors first: a collective, so every rank runs it.
-    sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
-    state = full_state_dict(model) if sharded else None
+    state = gathered_state_dict(model)  # FSDP2 shards into full tensors: a collective, so every rank runs it
     if not module.trainer.is_global_zero:
         return None
     path = export_pretrained(model, tokenizer, export_dir, state_dict=state)

@@ -58,6 +58,7 @@ LIGHTNING_SUBCOMMANDS = {
 EXTRA_SUBCOMMANDS = {
     "plan": ("lit_llm.planning.cli", "estimate memory and speed of each way to train a model on given hardware"),
     "export": ("lit_llm.export", "export a checkpoint to a Hugging Face model directory (and ONNX)"),
+    "tune": ("lit_llm.tune", "search hyperparameters with Optuna, each trial an ordinary lit-llm fit run"),
 }
 TRACEBACK_ENV = "LIT_LLM_TRACEBACK"
 

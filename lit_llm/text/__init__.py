@@ -1,0 +1,1 @@
+"""Text processing that both modules and datamodules use: masking, segmentation, augmentation, entities."""

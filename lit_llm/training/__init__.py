@@ -1,0 +1,1 @@
+"""Training techniques as plain functions that callbacks and modules share."""

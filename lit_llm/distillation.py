@@ -20,12 +20,13 @@ versions, and the way to distill under manual optimization); the callback then d
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any, Literal, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lit_llm.hf import CONFIG_ALIASES, find_blocks
 
 __all__ = [
     "TrainingObjective",
@@ -44,7 +45,6 @@ __all__ = [
 
 _ATTR = "_lit_llm_training_objectives"
 _TARGETS_ATTR = "_lit_llm_distillation_targets"
-_BLOCK_NAME = re.compile(r"(^|\.)(layer|layers|h|blocks)$")
 
 
 class TrainingObjective(Protocol):
@@ -214,21 +214,6 @@ def hidden_state_loss(
     return F.mse_loss(student.float(), teacher_hidden.float())
 
 
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The ModuleList of transformer blocks (``encoder.layer``, ``h``, ``layers``, ``blocks``).
-
-    Raises:
-        ValueError: none found.
-    """
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and _BLOCK_NAME.search(name) and len(module) > 0:
-            return name, module
-    raise ValueError(
-        f"{type(model).__name__} has no ModuleList of transformer blocks named layer / layers / h / blocks; "
-        "layer selection and hidden-state distillation need one."
-    )
-
-
 def student_from_teacher(teacher: nn.Module, keep_every: int = 2) -> nn.Module:
     """A smaller copy of ``teacher`` keeping blocks 0, k, 2k, ... (DistilBERT's initialization, k = 2).
 
@@ -259,7 +244,7 @@ def student_from_teacher(teacher: nn.Module, keep_every: int = 2) -> nn.Module:
     setattr(student.get_submodule(parent) if parent else student, child, kept)
     config = getattr(student, "config", None)
     if config is not None:
-        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        for key in CONFIG_ALIASES["num_layers"]:
             if hasattr(config, key):
                 setattr(config, key, len(kept))
         if getattr(config, "layer_types", None):

@@ -1,4 +1,4 @@
-"""Loading and exporting Hugging Face models and tokenizers, with errors that say what to do.
+"""Hugging Face models: loading and exporting them with errors that say what to do, and reading their structure.
 
 Shared by every lit-llm module: ``model`` is a local directory or hub id (``from_pretrained``), or a config
 dict with a ``model_type`` key for training from scratch (``AutoConfig.for_model``).
@@ -7,9 +7,11 @@ dict with a ``model_type`` key for training from scratch (``AutoConfig.for_model
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
@@ -20,9 +22,84 @@ __all__ = [
     "check_export_dir",
     "export_pretrained",
     "trust_remote_code",
+    "BLOCK_PARAMETER_PATTERN",
+    "CONFIG_ALIASES",
+    "block_index",
+    "config_size",
+    "find_blocks",
 ]
 
 ModelSpec = str | dict[str, Any]
+
+# The one answer to "where are the transformer blocks": the ModuleList named `layer` (BERT-likes:
+# encoder.layer), `h` (GPT-2), `layers` (Llama, Mistral), `block` (T5) or `blocks`. Embeddings, pooler and task
+# heads sit outside it. Pruning, low rank, layer-wise LR decay, distillation and the planner all read it here.
+BLOCK_LIST_NAMES: tuple[str, ...] = ("layer", "layers", "h", "block", "blocks")
+# A module or parameter name inside block i (group 1 is i): "bert.encoder.layer.3.attention.self.query".
+BLOCK_PARAMETER_PATTERN = r"(?:^|\.)(?:" + "|".join(BLOCK_LIST_NAMES) + r")\.(\d+)\."
+_BLOCK_PARAMETER = re.compile(BLOCK_PARAMETER_PATTERN)
+_BLOCK_LIST = re.compile(r"(?:^|\.)(?:" + "|".join(BLOCK_LIST_NAMES) + r")$")
+
+# The one place for a config's aliases: each size under the names the HF model families give it.
+CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
+    "hidden_size": ("hidden_size", "n_embd", "d_model"),
+    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "num_heads": ("num_attention_heads", "n_head", "num_heads"),
+    "intermediate_size": ("intermediate_size", "n_inner", "d_ff", "ffn_dim"),
+    "max_positions": ("max_position_embeddings", "n_positions", "n_ctx"),
+    "vocab_size": ("vocab_size",),
+}
+
+
+def config_size(config: Any, name: str) -> int | None:
+    """The size ``name`` (a key of :data:`CONFIG_ALIASES`) of an HF config under whichever alias it uses.
+
+    None when the config has none of the aliases as an int (GPT-2's ``n_inner`` is None: 4 x hidden is meant).
+
+    Raises:
+        KeyError: ``name`` is not a key of :data:`CONFIG_ALIASES`.
+
+    Example::
+        >>> from types import SimpleNamespace
+        >>> config_size(SimpleNamespace(n_embd=768), "hidden_size")
+        768
+    """
+    for key in CONFIG_ALIASES[name]:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The first non-empty ModuleList of transformer blocks in ``model`` and its module name.
+
+    Raises:
+        ValueError: the model has none (named layer / layers / h / block / blocks).
+
+    Example::
+        name, blocks = find_blocks(model)  # ("bert.encoder.layer", ModuleList(...)) for a BERT classifier
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and _BLOCK_LIST.search(name) and len(module) > 0:
+            return name, module
+    raise ValueError(
+        f"{type(model).__name__} has no ModuleList of transformer blocks named {' / '.join(BLOCK_LIST_NAMES)}; "
+        "layer selection and hidden-state distillation need one."
+    )
+
+
+def block_index(name: str) -> int | None:
+    """Index of the block that the module or parameter ``name`` is in, or None outside the blocks.
+
+    Example::
+        >>> block_index("bert.encoder.layer.3.attention.self.query.weight")
+        3
+        >>> block_index("bert.embeddings.word_embeddings.weight") is None
+        True
+    """
+    match = _BLOCK_PARAMETER.search(name)
+    return int(match.group(1)) if match else None
 
 
 def trust_remote_code() -> bool:

@@ -17,10 +17,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from lit_llm.hf import BLOCK_PARAMETER_PATTERN
+
 __all__ = ["DEFAULT_PATTERNS", "LowRankLinear", "factorize_linear", "factorize_model", "merge_low_rank", "choose_rank"]
 
 # Linear layers inside the transformer blocks, as for pruning.
-DEFAULT_PATTERNS: tuple[str, ...] = (r"(^|\.)(layer|h|layers|block|blocks)\.\d+\.",)
+DEFAULT_PATTERNS: tuple[str, ...] = (BLOCK_PARAMETER_PATTERN,)
 
 
 class LowRankLinear(nn.Module):

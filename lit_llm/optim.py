@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lit_llm.hf import block_index, config_size
+
 __all__ = [
     "build_optimizer",
     "no_decay_param_groups",
@@ -25,7 +27,6 @@ __all__ = [
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.Embedding)
 # Embeddings are excluded from weight decay as in BERT's and GPT-2's reference recipes.
-_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 
 def is_no_decay(module: nn.Module, param_name: str) -> bool:
@@ -78,12 +79,10 @@ def no_decay_param_groups(model: nn.Module, weight_decay: float | None = None) -
 
 def num_layers(model: nn.Module) -> int:
     """Number of transformer blocks, read from the HF config (``num_hidden_layers`` / ``n_layer``)."""
-    config = getattr(model, "config", None)
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    indices = [int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER_INDEX.search(name))]
+    value = config_size(getattr(model, "config", None), "num_layers")
+    if value is not None:
+        return value
+    indices = [i for name, _ in model.named_parameters() if (i := block_index(name)) is not None]
     if not indices:
         raise ValueError(
             f"layer-wise LR decay: cannot find the transformer blocks of {type(model).__name__}: its config has no "
@@ -101,10 +100,8 @@ def layer_id(param_name: str, n_layers: int) -> int:
     """
     if "embed" in param_name or param_name.endswith(("wte.weight", "wpe.weight")):
         return 0
-    match = _LAYER_INDEX.search(param_name)
-    if match:
-        return int(match.group(1)) + 1
-    return n_layers + 1
+    index = block_index(param_name)
+    return n_layers + 1 if index is None else index + 1
 
 
 def layerwise_param_groups(

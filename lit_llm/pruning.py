@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lit_llm.hf import BLOCK_PARAMETER_PATTERN
+
 __all__ = [
     "DEFAULT_PATTERNS",
     "Masks",
@@ -47,7 +49,7 @@ Scope = Literal["global", "per_layer"]
 
 # Linear layers inside the transformer blocks of BERT-likes (encoder.layer.i), GPT-2 (h.i) and Llama-likes
 # (layers.i); embeddings, pooler and task heads sit outside the blocks and are left alone.
-DEFAULT_PATTERNS: tuple[str, ...] = (r"(^|\.)(layer|h|layers|block|blocks)\.\d+\.",)
+DEFAULT_PATTERNS: tuple[str, ...] = (BLOCK_PARAMETER_PATTERN,)
 
 
 def cubic_sparsity(step: int, final: float, start_step: int, end_step: int, initial: float = 0.0) -> float:

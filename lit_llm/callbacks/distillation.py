@@ -26,7 +26,7 @@ from lit_llm.distillation import (
     kd_loss,
     select_targets,
 )
-from lit_llm.hf import build_config, load_model, load_tokenizer
+from lit_llm.hf import build_config, config_size, load_model, load_tokenizer
 
 __all__ = ["DistillationTeacher", "load_teacher"]
 
@@ -555,8 +555,7 @@ class DistillationTeacher(Callback):
 
 
 def _width(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    for key in ("hidden_size", "n_embd", "d_model"):
-        if isinstance(getattr(config, key, None), int):
-            return int(getattr(config, key))
+    width = config_size(getattr(model, "config", None), "hidden_size")
+    if width is not None:
+        return width
     raise ValueError(f"cannot read the hidden width of {type(model).__name__} (no config.hidden_size).")

@@ -1,4 +1,5 @@
-"""Classification reports (as scikit-learn's ``classification_report``) and confusion-matrix plots.
+"""Classification reports (as scikit-learn's ``classification_report``), regression reports, confusion-matrix
+plots, and :func:`log_figure`, which sends a report figure to every logger of a run that takes images.
 
 Computed from counts, so they work on the confusion matrices torchmetrics accumulates across batches and ranks.
 """
@@ -6,13 +7,25 @@ Computed from counts, so they work on the confusion matrices torchmetrics accumu
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["report_from_confusion", "report_from_multilabel", "format_report", "save_report", "plot_confusion_matrix"]
+__all__ = [
+    "report_from_confusion",
+    "report_from_multilabel",
+    "format_report",
+    "save_report",
+    "plot_confusion_matrix",
+    "regression_report",
+    "format_regression_report",
+    "save_regression_report",
+    "log_figure",
+]
+
+REGRESSION_METRICS = ("mae", "rmse", "pearson", "spearman")
 
 
 def _prf(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,3 +160,78 @@ def plot_confusion_matrix(confusion: torch.Tensor, labels: Sequence[str], path: 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def regression_report(metrics: Mapping[str, Any], target: str) -> dict[str, Any]:
+    """The test report of a regression model: MAE, RMSE, Pearson and Spearman correlation of one target.
+
+    Args:
+        metrics: the computed values by name (``mae``, ``rmse``, ``pearson``, ``spearman``), tensors or floats.
+        target: the target's name (the label column), shown in the report.
+
+    Raises:
+        KeyError: one of the four metrics is missing.
+
+    Example::
+        >>> regression_report({"mae": 0.5, "rmse": 0.75, "pearson": 0.9, "spearman": 0.8}, "score")["rmse"]
+        0.75
+    """
+    missing = [m for m in REGRESSION_METRICS if m not in metrics]
+    if missing:
+        raise KeyError(f"regression_report: missing {missing}; give {', '.join(REGRESSION_METRICS)}")
+    return {"target": target, **{m: float(metrics[m]) for m in REGRESSION_METRICS}}
+
+
+def format_regression_report(report: Mapping[str, Any], digits: int = 4) -> str:
+    """Render a :func:`regression_report` as a two-column text table."""
+    lines = [f"target: {report['target']}", ""]
+    lines += [f"{name:>9} {report[name]:>9.{digits}f}" for name in REGRESSION_METRICS]
+    return "\n".join(lines) + "\n"
+
+
+def save_regression_report(report: Mapping[str, Any], out_dir: str | Path, stem: str = "regression_report") -> Path:
+    """Write ``<stem>.json`` and ``<stem>.txt`` into ``out_dir``; returns the text file's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(dict(report), indent=2) + "\n")
+    text_path = out / f"{stem}.txt"
+    text_path.write_text(format_regression_report(report))
+    return text_path
+
+
+def log_figure(loggers: Iterable[Any], key: str, png: str | Path, step: int = 0) -> list[str]:
+    """Log a saved PNG figure as an image to every logger that takes images; returns the loggers' class names.
+
+    Lightning's ``TensorBoardLogger`` gets it through ``SummaryWriter.add_image`` (HWC, uint8); a logger with a
+    ``log_image(key, images, step)`` method (``WandbLogger``) through that method. Loggers that cannot hold images
+    (``CSVLogger``) are skipped: the PNG file stays the record. Call it on rank zero only.
+
+    Args:
+        loggers: ``trainer.loggers``.
+        key: the image's name, e.g. ``test/confusion_matrix``.
+        png: the figure file.
+        step: the global step to log it at.
+
+    Example::
+        log_figure(trainer.loggers, "test/confusion_matrix", "runs/rt/version_0/reports/confusion_matrix.png")
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logged: list[str] = []
+    image = None
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            if image is None:
+                import numpy as np
+                from PIL import Image
+
+                with Image.open(png) as opened:
+                    image = np.asarray(opened.convert("RGB"))  # (H, W, 3) uint8
+            logger.experiment.add_image(key, image, global_step=step, dataformats="HWC")
+            logger.experiment.flush()
+        elif callable(getattr(logger, "log_image", None)):
+            logger.log_image(key=key, images=[str(png)], step=step)
+        else:
+            continue
+        logged.append(type(logger).__name__)
+    return logged

@@ -1,7 +1,8 @@
-"""Labelled text (or text pairs) for sequence classification, from local files or an HF dataset."""
+"""Labelled text (or text pairs) for sequence classification or regression, from local files or an HF dataset."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from lit_llm.datamodules.files import DataFileError, check_texts, load_table, require_columns, row_location
 from lit_llm.datamodules.loaders import split_loader
+from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import load_tokenizer
 
 __all__ = ["TextClassificationDataModule"]
@@ -42,7 +44,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
     Labels are given or inferred (sorted) from the training set; without a validation file a stratified, seeded
     validation split is carved from train. Batches are padded per batch (dynamic padding).
 
-    Modules read ``labels`` and ``multi_label`` from this datamodule when they are not given theirs.
+    Modules read ``labels``, ``multi_label`` and ``regression`` from this datamodule when they are not given theirs.
+
+    Regression (``regression: true``): the label column holds one real number per example (CSV cells such as
+    ``3.5``, JSON numbers or numeric strings); a value that is not a finite number is an error naming the file and
+    line. ``labels`` is then ``[label_field]``, the name of the one target.
 
     Args:
         tokenizer: tokenizer directory or hub id (usually the model's).
@@ -57,6 +63,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         label_field: column holding the label (a list, or a string split on ``label_separator``, if multi-label).
         labels: the label names, in id order; None infers them from train.
         multi_label: several labels per example (sigmoid / BCE).
+        regression: the label column is a real-valued target (MSE loss, MAE / RMSE / Pearson / Spearman).
         label_separator: separator of several labels in one string cell (multi-label only).
         val_fraction: fraction of train carved out for validation when there is no validation file.
         seed: seed of that split.
@@ -87,6 +94,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         label_field: str = "label",
         labels: list[str] | None = None,
         multi_label: bool = False,
+        regression: bool = False,
         label_separator: str = ";",
         val_fraction: float = 0.1,
         seed: int = 42,
@@ -104,6 +112,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"max_length={max_length!r}: must be at least 2 tokens.")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: must be >= 1.")
+        if regression and (multi_label or labels is not None):
+            raise InvalidArgumentError(
+                f"regression=True with {'multi_label=True' if multi_label else f'labels={labels!r}'}: a regression "
+                "target is one number per example, named by label_field; drop multi_label / labels."
+            )
         # logger=False: Lightning refuses to log when module and datamodule hparams share a key with different
         # values (tokenizer, multi_label); the CLI logs the whole config instead.
         self.save_hyperparameters(logger=False)
@@ -116,6 +129,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.text_pair_field = text_pair_field
         self.label_field = label_field
         self.multi_label = multi_label
+        self.regression = regression
         self.label_separator = label_separator
         self.val_fraction = val_fraction
         self.seed = seed
@@ -187,6 +201,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
     @property
     def labels(self) -> list[str]:
         """Label names in id order: the configured ones, or the sorted set found in the training split."""
+        if self.regression:
+            return [self.label_field]
         if self._labels is None:
             train = self._load_raw("train")
             if train is None:
@@ -203,7 +219,25 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def num_labels(self) -> int:
         return len(self.labels)
 
+    def _encode_targets(self, dataset: datasets.Dataset, split: str) -> list[float]:
+        """The regression targets as floats; the first value that is not a finite number is an error."""
+        out: list[float] = []
+        for i, value in enumerate(dataset[self.label_field]):
+            number = _as_number(value)
+            if number is None:
+                file = self.files.get(split)
+                where = row_location(file, i) if file else f"{self._source(split)} row {i}"
+                shown = "empty" if value is None or (isinstance(value, str) and not value.strip()) else repr(value)
+                raise DataFileError(
+                    f"{where}: {self.label_field!r} is {shown}, not a number; regression needs a finite real value "
+                    "in every row (e.g. 3.5). Fix or remove the row, or set regression: false for class labels."
+                )
+            out.append(number)
+        return out
+
     def _encode_labels(self, dataset: datasets.Dataset, split: str) -> list[Any]:
+        if self.regression:
+            return self._encode_targets(dataset, split)
         label_ids = {name: i for i, name in enumerate(self.labels)}
         encoded: list[Any] = []
         for i, names in enumerate(self._label_lists(dataset[self.label_field])):
@@ -301,7 +335,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     def _carve_validation(self, train: datasets.Dataset) -> tuple[datasets.Dataset, datasets.Dataset]:
         stratify = None
-        if not self.multi_label:
+        if not self.multi_label and not self.regression:
             counts = Counter(train["labels"])
             # Stratify only when every class can appear on both sides.
             if min(counts.values()) >= 2 and len(train) * self.val_fraction >= len(counts):
@@ -348,3 +382,14 @@ class TextClassificationDataModule(pl.LightningDataModule):
             "truncated": dict(self.truncated),
             "files": {k: str(Path(v)) for k, v in self.files.items() if v},
         }
+
+
+def _as_number(value: Any) -> float | None:
+    """``value`` as a finite float (numbers and numeric strings), else None; booleans are not numbers here."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

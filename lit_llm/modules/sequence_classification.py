@@ -1,8 +1,9 @@
-"""Sequence classification (single- or multi-label) around ``AutoModelForSequenceClassification``."""
+"""Sequence classification (single- or multi-label) and regression around ``AutoModelForSequenceClassification``."""
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, PearsonCorrCoef, SpearmanCorrCoef
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -26,14 +27,19 @@ from torchmetrics.classification import (
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_llm.distillation import apply_training_objectives
+from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer, trust_remote_code
 from lit_llm.modules.best_checkpoint import export_best, output_dir
 from lit_llm.optim import optimizers_for
 from lit_llm.reports import (
+    format_regression_report,
     format_report,
+    log_figure,
     plot_confusion_matrix,
+    regression_report,
     report_from_confusion,
     report_from_multilabel,
+    save_regression_report,
     save_report,
 )
 
@@ -46,18 +52,29 @@ def _metric_name(label: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", label)
 
 
-def _labels_in_config(model: ModelSpec) -> list[str] | None:
-    """The id2label of a fine-tuned model directory, unless it holds only the generic LABEL_i names."""
+def _labels_in_config(model: ModelSpec) -> tuple[list[str] | None, bool]:
+    """The id2label of a fine-tuned model directory (None when it holds only the generic LABEL_i names of a
+    classifier), and whether the model is a regression model (``problem_type="regression"``)."""
     if isinstance(model, dict):
-        return None
+        return None, False
     try:
         config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code())
     except (OSError, ValueError):
-        return None
+        return None, False
     names = [config.id2label[i] for i in sorted(config.id2label)]
+    if getattr(config, "problem_type", None) == "regression":
+        return names[:1] or ["LABEL_0"], True  # one output; its name is the target's, generic or not
     if not names or all(_GENERIC_LABEL.match(n) for n in names):
-        return None
-    return names
+        return None, False
+    return names, False
+
+
+def _spearman() -> SpearmanCorrCoef:
+    # Ranks need every value of the epoch, which torchmetrics warns about at construction; an evaluation set's
+    # predictions are one float each, so the buffer is small.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Metric `SpearmanCorrcoef` will save all targets")
+        return SpearmanCorrCoef()
 
 
 class SequenceClassifier(pl.LightningModule):
@@ -65,17 +82,26 @@ class SequenceClassifier(pl.LightningModule):
 
     Single-label uses softmax cross-entropy, multi-label sigmoid BCE. Metrics (torchmetrics): accuracy,
     macro / micro / weighted F1 and per-class precision / recall / F1. At test end it prints and saves a
-    classification report (as sklearn's) and a confusion-matrix PNG; at fit end it exports the best weights
-    with the tokenizer in HF format, so ``transformers.pipeline("text-classification", model=export_dir)`` works.
+    classification report (as sklearn's) and a confusion-matrix PNG, which it also logs as an image to every
+    logger of the run that takes images (TensorBoard, W&B); at fit end it exports the best weights with the
+    tokenizer in HF format, so ``transformers.pipeline("text-classification", model=export_dir)`` works.
+
+    Regression (a real-valued target, e.g. a rating): one output, MSE loss, metrics MAE, RMSE, Pearson and
+    Spearman correlation (``val/mae``, ``val/rmse``, ...); the test report holds the same four. The switch is
+    the datamodule's ``regression: true`` (its label column holds numbers), read at setup like ``multi_label``;
+    the export is an HF model with ``problem_type="regression"``, whose ``pipeline`` returns the raw value.
 
     Labels come from ``labels``, else from a fine-tuned model's ``id2label``, else from the datamodule's
-    ``labels`` (and ``multi_label``) attributes at setup: that is the contract with any datamodule.
+    ``labels`` (and ``multi_label``, ``regression``) attributes at setup: that is the contract with any
+    datamodule. A regression model has one label: the target's name.
 
     Args:
         model: model directory or hub id, or a config dict with ``model_type`` to train from scratch.
         labels: class names in id order.
         num_labels: expected number of classes; an error when the labels found disagree.
         multi_label: several labels per example; None takes the datamodule's setting (default False).
+        regression: predict one real value (MSE loss); None takes the datamodule's ``regression`` (default
+            False), or True for a fine-tuned regression model. Set it only to use the module without a datamodule.
         tokenizer: tokenizer directory or hub id; defaults to ``model`` (needed when ``model`` is a config).
         optimizer: optimizer factory (``torch.optim.AdamW`` by default; any ``torch.optim`` class or
             ``bitsandbytes.optim.AdamW8bit`` from the CLI). Biases, norms and embeddings get no weight decay.
@@ -88,7 +114,8 @@ class SequenceClassifier(pl.LightningModule):
         report_dir: where test reports go; default ``<default_root_dir>/reports``.
 
     Raises:
-        ValueError: ``num_labels`` disagrees with the labels; the data's labels differ from the model's.
+        ValueError: ``num_labels`` disagrees with the labels; the data's labels differ from the model's; the data
+            is regression and the model a classifier (or the reverse); regression with ``multi_label``.
         FileExistsError: a non-empty ``export_dir``.
 
     Example::
@@ -102,6 +129,7 @@ class SequenceClassifier(pl.LightningModule):
         labels: list[str] | None = None,
         num_labels: int | None = None,
         multi_label: bool | None = None,
+        regression: bool | None = None,
         tokenizer: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -117,6 +145,10 @@ class SequenceClassifier(pl.LightningModule):
             raise ValueError(f"num_labels={num_labels!r}: must be >= 1.")
         if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
             raise ValueError(f"layer_decay={layer_decay!r}: must be in (0, 1], e.g. 0.8.")
+        if regression and multi_label:
+            raise InvalidArgumentError(
+                "regression=True and multi_label=True: a regression model predicts one value; choose one."
+            )
         if isinstance(model, dict) and tokenizer is None:
             raise ValueError("model is a config dict: also give tokenizer (a directory or hub id) for export/predict.")
         # Factories are not plain data: keep them out of the checkpoint so it loads with weights_only=True.
@@ -133,8 +165,15 @@ class SequenceClassifier(pl.LightningModule):
         self.report_path: Path | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.model: PreTrainedModel | None = None
-        self.labels = list(labels) if labels is not None else _labels_in_config(model)
+        found, regression_model = _labels_in_config(model) if labels is None else (None, False)
+        if regression_model and regression is False:
+            raise InvalidArgumentError(
+                f"model {model!r} is a regression model (problem_type 'regression'); pass regression=True (or leave "
+                "it unset), or start from a classification or base model."
+            )
+        self.labels = list(labels) if labels is not None else found
         self.multi_label = multi_label
+        self.regression = True if regression_model else regression
         if self.labels is not None:
             self._build()
 
@@ -148,13 +187,25 @@ class SequenceClassifier(pl.LightningModule):
                 "Fix num_labels, or the label column / labels list."
             )
         self.multi_label = bool(self.multi_label)
+        self.regression = bool(self.regression)
+        if self.regression and len(self.labels) != 1:
+            raise InvalidArgumentError(
+                f"regression with labels {self.labels}: a regression model has one output, named by one label "
+                "(the target's name, e.g. ['score'])."
+            )
         self.hparams["labels"] = self.labels
         self.hparams["multi_label"] = self.multi_label
+        self.hparams["regression"] = self.regression
+        problem_type = "single_label_classification"
+        if self.regression:
+            problem_type = "regression"
+        elif self.multi_label:
+            problem_type = "multi_label_classification"
         overrides: dict[str, Any] = {
             "num_labels": len(self.labels),
             "id2label": dict(enumerate(self.labels)),
             "label2id": {name: i for i, name in enumerate(self.labels)},
-            "problem_type": "multi_label_classification" if self.multi_label else "single_label_classification",
+            "problem_type": problem_type,
         }
         if not isinstance(self.model_spec, dict):
             # A fine-tuned head with another label count is replaced, not an error.
@@ -176,7 +227,17 @@ class SequenceClassifier(pl.LightningModule):
     def _build_metrics(self) -> None:
         n = len(self.labels or [])
         for stage in ("val", "test"):
-            if self.multi_label:
+            if self.regression:
+                metrics = MetricCollection(
+                    {
+                        "mae": MeanAbsoluteError(),
+                        "rmse": MeanSquaredError(squared=False),
+                        "pearson": PearsonCorrCoef(),
+                        "spearman": _spearman(),
+                    }
+                )
+                per_class = MetricCollection({})
+            elif self.multi_label:
                 metrics = MetricCollection(
                     {
                         "accuracy": MultilabelAccuracy(n, average="micro"),
@@ -226,6 +287,17 @@ class SequenceClassifier(pl.LightningModule):
         data_labels = list(getattr(datamodule, "labels", None) or []) or None
         if self.multi_label is None:
             self.multi_label = bool(getattr(datamodule, "multi_label", False))
+        data_regression = getattr(datamodule, "regression", None)
+        if self.regression is None:
+            self.regression = bool(data_regression)
+        elif data_regression is not None and bool(data_regression) != self.regression:
+            model_kind = "a regression model" if self.regression else "a classifier"
+            data_kind = "class" if self.regression else "regression"
+            raise InvalidArgumentError(
+                f"the model is {model_kind} but the datamodule has regression={bool(data_regression)}: "
+                f"the {data_kind} targets would not fit its head. Set the datamodule's regression to "
+                f"{self.regression}, or start from a base (not fine-tuned) model."
+            )
         if self.model is None:
             if data_labels is None:
                 raise ValueError(
@@ -234,7 +306,7 @@ class SequenceClassifier(pl.LightningModule):
                 )
             self.labels = data_labels
             self._build()
-        elif data_labels is not None and data_labels != self.labels:
+        elif data_labels is not None and data_labels != self.labels and not self.regression:
             raise ValueError(
                 f"the data's labels {data_labels} differ from the model's {self.labels}: class ids would not match. "
                 f"Set the datamodule's labels to {self.labels}."
@@ -265,12 +337,15 @@ class SequenceClassifier(pl.LightningModule):
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         outputs = self(**self._inputs(batch))
         labels = batch["labels"]
-        preds = outputs.logits.sigmoid() if self.multi_label else outputs.logits.argmax(-1)  # (B, C) or (B,)
-        target = labels.long()
         metrics: MetricCollection = getattr(self, f"{stage}_metrics")
         per_class: MetricCollection = getattr(self, f"{stage}_per_class")
-        metrics.update(preds, target)
-        per_class.update(preds, target)
+        if self.regression:
+            metrics.update(outputs.logits.squeeze(-1).float(), labels.float())  # (B,) predicted and true values
+        else:
+            preds = outputs.logits.sigmoid() if self.multi_label else outputs.logits.argmax(-1)  # (B, C) or (B,)
+            target = labels.long()
+            metrics.update(preds, target)
+            per_class.update(preds, target)
         self.log(f"{stage}/loss", outputs.loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -284,6 +359,9 @@ class SequenceClassifier(pl.LightningModule):
         per_class: MetricCollection = getattr(self, f"{stage}_per_class")
         values = metrics.compute()
         self.log_dict(values, prog_bar=True)
+        if self.regression:
+            metrics.reset()
+            return {k.removeprefix(f"{stage}/"): v for k, v in values.items()}
         computed = per_class.compute()
         assert self.labels is not None
         for kind in ("precision", "recall", "f1"):
@@ -299,6 +377,13 @@ class SequenceClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         computed = self._log_epoch("test")
         assert self.labels is not None
+        if self.regression:
+            report = regression_report(computed, self.labels[0])
+            if self.trainer.is_global_zero:
+                self.report_path = save_regression_report(report, output_dir(self, self.report_dir, "reports"))
+                rank_zero_info("\nRegression report (test):\n" + format_regression_report(report))
+            self.test_report = report
+            return
         if self.multi_label:
             report = report_from_multilabel(computed["stats"], self.labels)
         else:
@@ -307,7 +392,8 @@ class SequenceClassifier(pl.LightningModule):
             out = output_dir(self, self.report_dir, "reports")
             self.report_path = save_report(report, out)
             if not self.multi_label:
-                plot_confusion_matrix(computed["confusion"], self.labels, out / "confusion_matrix.png", "test")
+                figure = plot_confusion_matrix(computed["confusion"], self.labels, out / "confusion_matrix.png", "test")
+                log_figure(self.trainer.loggers, "test/confusion_matrix", figure, self.global_step)
             rank_zero_info("\nClassification report (test):\n" + format_report(report))
         self.test_report = report
 
@@ -319,6 +405,13 @@ class SequenceClassifier(pl.LightningModule):
 
     def _decode(self, logits: torch.Tensor, texts: list[str] | None) -> list[dict[str, Any]]:
         assert self.labels is not None
+        if self.regression:
+            # As pipeline("text-classification") reads a regression head: the target's name and the raw value.
+            values = logits.float().squeeze(-1).tolist()  # (B,)
+            return [
+                {"label": self.labels[0], "score": v, **({"text": texts[i]} if texts is not None else {})}
+                for i, v in enumerate(values)
+            ]
         probs = logits.float().sigmoid() if self.multi_label else logits.float().softmax(-1)  # (B, C)
         out = []
         for i, row in enumerate(probs.tolist()):
@@ -335,7 +428,7 @@ class SequenceClassifier(pl.LightningModule):
 
     @torch.no_grad()
     def classify(self, texts: list[str], batch_size: int = 32, max_length: int = 512) -> list[dict[str, Any]]:
-        """Labels and probabilities for raw texts, outside any Trainer.
+        """Labels and probabilities for raw texts, outside any Trainer (a regression model: the value as ``score``).
 
         Example::
             SequenceClassifier(model="runs/rt/export").classify(["a gripping, funny film"])

@@ -6,6 +6,7 @@ import torch
 
 from lit_llm.datamodules import TextClassificationDataModule
 from lit_llm.datamodules.files import DataFileError
+from lit_llm.errors import InvalidArgumentError
 
 
 def _dm(tok, **kwargs):
@@ -210,3 +211,52 @@ def test_hf_dataset_by_name_from_a_local_directory(tiny_tokenizer_dir, tmp_path)
     assert dm.labels == ["n", "p"]
     assert len(dm.datasets["train"]) + len(dm.datasets["validation"]) == 3
     assert dm.datasets["test"]["labels"] == [0, 1]
+
+
+# ---------------------------------------------------------------- regression
+def test_regression_reads_numbers_from_csv_and_jsonl(tiny_tokenizer_dir, tmp_path):
+    csv_path = tmp_path / "r.csv"
+    csv_path.write_text("text,score\ngood movie,3.5\nbad film,-1\nthe plot, 2e-1 \n")
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text('{"text": "good movie", "score": 3.5}\n{"text": "bad film", "score": "-1"}\n')
+    dm = _dm(tiny_tokenizer_dir, train_file=str(csv_path), validation_file=str(jsonl), label_field="score",
+             regression=True, batch_size=8)
+    dm.setup("fit")
+    assert dm.labels == ["score"] and dm.num_labels == 1
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["labels"].dtype == torch.float32
+    assert sorted(batch["labels"].tolist()) == pytest.approx([-1.0, 0.2, 3.5])
+    assert next(iter(dm.val_dataloader()))["labels"].tolist() == [3.5, -1.0]
+
+
+def test_regression_carves_validation_without_stratifying(tiny_tokenizer_dir, tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("text,score\n" + "".join(f"good movie {i},{i / 10}\n" for i in range(40)))
+    dm = _dm(tiny_tokenizer_dir, train_file=str(path), label_field="score", regression=True, val_fraction=0.25)
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 30 and len(dm.datasets["validation"]) == 10
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "where", "shown"),
+    [
+        ("r.csv", "text,score\ngood,1.0\nbad,high\n", r"r.csv: line 3 \(data row 2; line 1 is the header\)", "'high'"),
+        ("r.csv", "text,score\ngood,1.0\nbad,\n", r"r.csv: line 3 \(data row 2", "empty"),
+        ("r.csv", "text,score\ngood,1.0\nbad,inf\n", r"r.csv: line 3", "inf|'inf'"),
+        ("r.jsonl", '{"text": "good", "score": 1}\n{"text": "bad", "score": true}\n', r"r.jsonl: line 2", "True"),
+        ("r.jsonl", '{"text": "good", "score": 1}\n{"text": "bad", "score": [1]}\n', r"r.jsonl: line 2", r"\[1\]"),
+    ],
+)
+def test_regression_value_that_is_not_a_number(tiny_tokenizer_dir, tmp_path, name, content, where, shown):
+    path = tmp_path / name
+    path.write_text(content)
+    dm = _dm(tiny_tokenizer_dir, train_file=str(path), validation_file=str(path), label_field="score", regression=True)
+    with pytest.raises(DataFileError, match=rf"{where}.*: 'score' is ({shown}), not a number; regression needs"):
+        dm.setup("fit")
+
+
+def test_regression_with_labels_or_multi_label_is_refused(tiny_tokenizer_dir):
+    with pytest.raises(InvalidArgumentError, match=r"regression=True with labels=\['a'\]: a regression target is one"):
+        _dm(tiny_tokenizer_dir, train_file="x.csv", regression=True, labels=["a"])
+    with pytest.raises(InvalidArgumentError, match=r"regression=True with multi_label=True"):
+        _dm(tiny_tokenizer_dir, train_file="x.csv", regression=True, multi_label=True)

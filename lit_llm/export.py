@@ -6,6 +6,10 @@ instantiated from those hyper-parameters, and the weights are loaded strictly. T
 :func:`lit_llm.checkpointing.load_checkpoint_file` (``weights_only=True``). The module's HF model and tokenizer are
 then saved with ``save_pretrained``, label maps included, so ``from_pretrained`` and ``pipeline`` load the result;
 ``--onnx`` adds ``model.onnx`` with every text input the model takes (``token_type_ids`` too for BERT-like models).
+
+A checkpoint written with the :class:`~lit_llm.callbacks.LoRA` callback holds only the adapters (and head): the
+base model is rebuilt from the hyper-parameters, checked against the base fingerprint in the callback's state,
+adapted as the callback did, given the adapters, and exported merged (a plain HF model).
 """
 
 from __future__ import annotations
@@ -24,6 +28,16 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from lit_llm.checkpointing import CheckpointError, load_checkpoint_file, require_lightning_checkpoint
+from lit_llm.errors import InvalidArgumentError
+from lit_llm.training.lora import (
+    LoraSpec,
+    QuantizationUnavailableError,
+    apply_lora,
+    base_fingerprint,
+    lora_state_of,
+    merge_lora,
+    trainable_parameter_names,
+)
 
 __all__ = ["load_checkpoint", "rebuild_module", "export_checkpoint", "export_onnx", "main", "CheckpointError"]
 
@@ -133,6 +147,8 @@ def rebuild_module(
     if is_overridden("configure_model", module):
         module.configure_model()
     module.on_load_checkpoint(dict(checkpoint))
+    lora = lora_state_of(dict(checkpoint))
+    trainable = _apply_checkpoint_lora(module, lora, source) if lora is not None else None
     try:
         result = module.load_state_dict(checkpoint["state_dict"], strict=False)
     except RuntimeError as err:  # shapes that differ
@@ -140,13 +156,46 @@ def rebuild_module(
             f"{source}: the weights do not fit {cls.__qualname__} built from its hyper-parameters "
             f"({str(err).strip().splitlines()[-1].strip()[:200]})"
         ) from None
-    if result.missing_keys or result.unexpected_keys:
+    missing = result.missing_keys
+    if trainable is not None:  # a LoRA checkpoint holds only the trainable weights: the frozen base is rebuilt
+        missing = [k for k in missing if k in trainable]
+    if missing or result.unexpected_keys:
         raise CheckpointError(
             f"{source}: the weights do not fit {cls.__qualname__} built from its hyper-parameters (missing "
-            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); is it the checkpoint of another "
+            f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}); is it the checkpoint of another "
             "module class?"
         )
+    if lora is not None:  # the export is the merged model, which from_pretrained and pipeline() load
+        attr = lora["model_attr"]
+        setattr(module, attr, merge_lora(getattr(module, attr)))
     return module.eval()
+
+
+def _apply_checkpoint_lora(module: pl.LightningModule, lora: Mapping[str, Any], source: str | Path) -> set[str]:
+    """Adapt the rebuilt module's model as the LoRA callback did (from its checkpoint state); returns the names of
+    the weights the checkpoint must hold (adapters and head)."""
+    attr = lora.get("model_attr")
+    model = getattr(module, attr, None) if isinstance(attr, str) else None
+    if not isinstance(model, torch.nn.Module) or not isinstance(lora.get("spec"), Mapping):
+        raise CheckpointError(
+            f"{source} was written with the LoRA callback, but its state names no model to adapt (model_attr "
+            f"{attr!r} of {type(module).__name__}); is the checkpoint complete?"
+        )
+    try:
+        spec = LoraSpec.from_dict(dict(lora["spec"]))
+        fingerprint = base_fingerprint(model, spec)
+        saved = lora.get("base_fingerprint")
+        if saved and not all(abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b)) for a, b in zip(saved, fingerprint)):
+            raise CheckpointError(
+                f"{source} holds LoRA adapters trained on another base model than {type(module).__name__} rebuilds "
+                f"from its hyper-parameters (weight sums {fingerprint} vs {saved}): the base must be the same "
+                "pretrained model directory (a model built from a config is initialized at random, so its "
+                "adapter checkpoint cannot be exported)."
+            )
+        apply_lora(model, spec)
+    except (KeyError, TypeError, InvalidArgumentError, QuantizationUnavailableError) as err:
+        raise CheckpointError(f"{source}: its LoRA adapters cannot be re-applied ({err})") from None
+    return trainable_parameter_names(model, prefix=f"{attr}.")
 
 
 def export_checkpoint(

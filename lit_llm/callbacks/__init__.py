@@ -3,6 +3,7 @@
 from lit_llm.callbacks.distillation import DistillationTeacher
 from lit_llm.callbacks.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
 from lit_llm.callbacks.global_batch import GlobalBatchSize
+from lit_llm.callbacks.lora import LoRA
 from lit_llm.callbacks.low_rank import LowRankFactorization
 from lit_llm.callbacks.progress import PlainProgressBar
 from lit_llm.callbacks.pruning import Pruning
@@ -17,6 +18,7 @@ __all__ = [
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",
     "Int8Quantization",
+    "LoRA",
     "LowRankFactorization",
     "PlainProgressBar",
     "Pruning",

@@ -56,6 +56,10 @@ init_args: {amount: 0.5, start_step: 0, end_step: 3, frequency: 1, report: false
 class_path: lit_llm.callbacks.LowRankFactorization
 init_args: {rank: 2, report: false}
 """,
+    "LoRA": """
+class_path: lit_llm.callbacks.LoRA
+init_args: {rank: 2, alpha: 4, export_merged: true}
+""",
     "DistillationTeacher": """
 class_path: lit_llm.callbacks.DistillationTeacher
 init_args: {teacher: "${teacher}", temperature: 2.0, alpha: 0.5, hidden_layers: {0: 0, 1: 1}}

@@ -189,8 +189,9 @@ def _apply_checkpoint_lora(module: pl.LightningModule, lora: Mapping[str, Any], 
             raise CheckpointError(
                 f"{source} holds LoRA adapters trained on another base model than {type(module).__name__} rebuilds "
                 f"from its hyper-parameters (weight sums {fingerprint} vs {saved}): the base must be the same "
-                "pretrained model directory (a model built from a config is initialized at random, so its "
-                "adapter checkpoint cannot be exported)."
+                "pretrained model directory. A layer that directory lacks (e.g. a pooler) or a model built from a "
+                "config is initialized at random: train such layers with the adapters (LoRA head: [classifier, "
+                "bert.pooler]) so the checkpoint holds them."
             )
         apply_lora(model, spec)
     except (KeyError, TypeError, InvalidArgumentError, QuantizationUnavailableError) as err:

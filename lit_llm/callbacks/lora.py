@@ -55,6 +55,8 @@ class LoRA(Callback):
     written to ``artifact_dir`` (default ``<trainer.default_root_dir>/export-lora``), a directory
     ``peft.PeftModel.from_pretrained`` loads; with ``export_merged=True`` the merged model goes to ``merged_dir``
     (default ``<trainer.default_root_dir>/export-lora-merged``), which ``from_pretrained`` and ``pipeline()`` load.
+    A resumed run (``ckpt_path``) whose default directories already hold a finished run's artifacts writes beside
+    them, to ``export-lora.resume<n>`` (as the CLI does for the module's ``export``).
     ``lit-llm export`` of a checkpoint written with LoRA re-applies the adapters and exports the merged model.
 
     QLoRA: the target layers' frozen weights are stored in 4-bit NF4 (bitsandbytes, bf16 compute) and the
@@ -71,8 +73,10 @@ class LoRA(Callback):
         alpha: scaling numerator: the update is ``alpha / rank * B @ A``.
         dropout: dropout on the adapters' input, in [0, 1).
         patterns: regexes (``re.search``) of the Linear layer names to adapt; default: inside the transformer blocks.
-        head: child modules of the model trained in full (and saved with the adapters); None: the task head found
-            from the model (its children outside the base model, e.g. ``classifier``); ``[]``: none.
+        head: modules of the model trained in full (and saved with the adapters); None: the task head found
+            from the model (its children outside the base model, e.g. ``classifier``); ``[]``: none. Add any layer
+            the pretrained directory lacks (``bert.pooler`` of a masked-LM checkpoint), which would otherwise stay
+            frozen at its random initialization.
         quantize_base: None (LoRA) or ``"nf4"`` (QLoRA).
         export_artifact: write the adapters at fit end.
         artifact_dir: where; None = ``<default_root_dir>/export-lora``. Must be new or empty.
@@ -126,6 +130,7 @@ class LoRA(Callback):
         self._trainable: set[str] = set()  # LightningModule-level names of the weights a checkpoint keeps
         self._adapted: nn.Module | None = None  # the model with adapters, kept once the module holds the merged one
         self._hooked: set[int] = set()
+        self._resume_suffix = ""  # ".resume<n>" for the default directories of a resumed run that had finished
         self._fit_ended = False
 
     @property
@@ -201,6 +206,14 @@ class LoRA(Callback):
         self._fit_ended = False
         if self.spec is None:  # a drop-in never runs and does nothing
             raise RuntimeError("LoRA: the model was not adapted at configure_model; was the callback's setup skipped?")
+        self._resume_suffix = ""
+        if trainer.ckpt_path is not None:  # a resumed run that had finished writes beside its artifacts, never over
+            suffix, n = "", 0
+            while any(_holds_files(t) for t in (self._artifact_target(trainer, suffix),
+                                                self._merged_target(trainer, suffix))):
+                n += 1
+                suffix = f".resume{n}"
+            self._resume_suffix = suffix
         for wanted, target in ((self.export_artifact, self._artifact_target(trainer)),
                                (self.export_merged, self._merged_target(trainer))):
             if wanted:
@@ -219,11 +232,16 @@ class LoRA(Callback):
                 "from a list made in __init__."
             )
 
-    def _artifact_target(self, trainer: pl.Trainer) -> Path:
-        return Path(self.artifact_dir) if self.artifact_dir else Path(trainer.default_root_dir) / "export-lora"
+    def _artifact_target(self, trainer: pl.Trainer, suffix: str | None = None) -> Path:
+        if self.artifact_dir:
+            return Path(self.artifact_dir)
+        return Path(trainer.default_root_dir) / f"export-lora{self._resume_suffix if suffix is None else suffix}"
 
-    def _merged_target(self, trainer: pl.Trainer) -> Path:
-        return Path(self.merged_dir) if self.merged_dir else Path(trainer.default_root_dir) / "export-lora-merged"
+    def _merged_target(self, trainer: pl.Trainer, suffix: str | None = None) -> Path:
+        if self.merged_dir:
+            return Path(self.merged_dir)
+        name = f"export-lora-merged{self._resume_suffix if suffix is None else suffix}"
+        return Path(trainer.default_root_dir) / name
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     @override
@@ -294,7 +312,9 @@ class LoRA(Callback):
             raise InvalidArgumentError(
                 "LoRA: the base model of this run differs from the one the checkpoint's adapters were trained on "
                 f"(weight sums {now} vs {print_}); a LoRA checkpoint holds only the adapters, so resume from the same "
-                "pretrained model (and, for a model built from a config, the same seed_everything seed)."
+                "pretrained model with the same seed_everything seed. If the pretrained directory lacks a layer "
+                "(transformers then initializes it at random, e.g. a pooler), train and save it with the adapters: "
+                "head: [classifier, bert.pooler]."
             )
         self.fingerprint = print_ or self.fingerprint
 
@@ -356,6 +376,10 @@ class LoRA(Callback):
 
 def _save_merged(model: Any, out: Path, tokenizer: Any, onnx: bool, state_dict: Any = None) -> Path:
     return export_pretrained(model, tokenizer, out, state_dict=state_dict)
+
+
+def _holds_files(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
 
 
 def _describe(spec: dict[str, Any]) -> str:

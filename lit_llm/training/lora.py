@@ -72,7 +72,8 @@ class LoraSpec:
         rank: ``r``, the adapters' inner dimension.
         alpha: the update is scaled by ``alpha / rank``.
         dropout: dropout on the adapters' input.
-        head: names of modules trained in full and saved with the adapters (a new task head).
+        head: names of modules trained in full and saved with the adapters (a new task head, or a layer the
+            pretrained directory lacks, such as a pooler that transformers initializes at random).
         quantize_base: None (LoRA) or ``"nf4"`` (QLoRA: target layers' frozen weights in 4-bit NF4).
     """
 
@@ -268,12 +269,13 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
             f"LoRA targets {unknown[:5]} are not Linear layers of {type(model).__name__}; they must come from "
             "find_lora_targets on this model (was the checkpoint written for another model?)."
         )
-    children = dict(model.named_children())
-    missing_head = [h for h in spec.head if h not in children]
+    modules = dict(model.named_modules())
+    missing_head = [h for h in spec.head if h not in modules]
     if missing_head:
         raise InvalidArgumentError(
-            f"LoRA head={missing_head!r}: not a child module of {type(model).__name__} (children: "
-            f"{sorted(children)}); give [] to train no head."
+            f"LoRA head={missing_head!r}: no such module in {type(model).__name__} (its children: "
+            f"{sorted(dict(model.named_children()))}); give module names such as 'classifier' or 'bert.pooler', "
+            "or [] to train no head."
         )
     if spec.quantize_base:
         device = next(model.parameters()).device

@@ -40,6 +40,7 @@ __all__ = [
     "configure_wandb_mode",
     "help_text",
     "is_user_error",
+    "logger_locations",
     "user_error",
     "main",
     "next_run_dir",
@@ -215,6 +216,38 @@ def resume_target(ckpt_path: str, root: str | Path, name: str) -> tuple[Path | N
     if path.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
         return path, run_dir
     return path, None
+
+
+def logger_locations(loggers: list[Any]) -> list[str]:
+    """One summary line per logger saying where its records are (and how to open them), in the loggers' order.
+
+    W&B: the run directory and mode (once the run has started); TensorBoard: the event directory and the
+    ``tensorboard --logdir`` command; CSV: its ``metrics.csv``; any other logger: its class name and its
+    ``log_dir`` or ``save_dir``.
+
+    Example::
+        logger_locations(trainer.loggers)  # ['TensorBoard:      runs/rt/version_0/tensorboard (tensorboard ...)']
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    lines = []
+    for logger in loggers:
+        name = type(logger).__name__
+        if name == "WandbLogger":
+            run = getattr(logger, "_experiment", None)
+            if run is not None and getattr(run, "dir", None):
+                lines.append(
+                    f"W&B run:          {Path(run.dir).parent} (mode {os.environ.get('WANDB_MODE', 'online')})"
+                )
+        elif isinstance(logger, TensorBoardLogger):
+            log_dir = Path(logger.log_dir)  # a version of "" leaves a trailing slash
+            lines.append(f"TensorBoard:      {log_dir} (tensorboard --logdir {log_dir})")
+        elif isinstance(logger, CSVLogger):
+            lines.append(f"CSV metrics:      {Path(logger.log_dir) / 'metrics.csv'}")
+        else:
+            where = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+            lines.append(f"{name}: {where}" if where else f"{name}: (no local directory)")
+    return lines
 
 
 class LoggedSaveConfig(SaveConfigCallback):
@@ -417,13 +450,7 @@ class LitLLMCLI(LightningCLI):
             artifact = getattr(cb, "artifact_path", None)  # what a compression callback wrote for serving
             if artifact:
                 lines.append(f"{type(cb).__name__} artifact: {artifact}")
-        for logger in self.trainer.loggers:
-            if type(logger).__name__ == "WandbLogger":
-                run = getattr(logger, "_experiment", None)
-                if run is not None and getattr(run, "dir", None):
-                    lines.append(
-                        f"W&B run:          {Path(run.dir).parent} (mode {os.environ.get('WANDB_MODE', 'online')})"
-                    )
+        lines.extend(logger_locations(self.trainer.loggers))
         print("\n" + "\n".join(lines), flush=True)
 
     def _finish_loggers(self) -> None:

@@ -23,7 +23,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-__all__ = ["TransformerShape", "matmul_params", "transformer_shape", "transformer_flops", "flops_per_batch"]
+__all__ = [
+    "TransformerShape", "config_int", "is_matmul_module", "matmul_params", "transformer_shape", "transformer_flops",
+    "flops_per_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,32 @@ def matmul_params(model: nn.Module) -> int:
     """
     total = 0
     for module in model.modules():
-        # Conv1D is GPT-2's transposed Linear; matched by name so any copy of it (and no import) works.
-        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+        if is_matmul_module(module):
             # Both hold a Parameter ``weight``; nn.Module.__getattr__ is typed ``Tensor | Module``.
             total += cast(torch.Tensor, module.weight).numel()
     return total
 
 
-def _first_int(config: Any, *keys: str) -> int | None:
+def is_matmul_module(module: nn.Module) -> bool:
+    """``nn.Linear`` or HF's ``Conv1D`` (GPT-2's transposed Linear): a weight multiplied with every token.
+
+    Conv1D is matched by name, so any copy of it (and no import) works.
+
+    Example::
+        >>> is_matmul_module(nn.Linear(2, 3)), is_matmul_module(nn.Embedding(2, 3))
+        (True, False)
+    """
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def config_int(config: Any, *keys: str) -> int | None:
+    """The first of ``keys`` that ``config`` has as an int: one place for a config's aliases.
+
+    Example::
+        >>> from types import SimpleNamespace
+        >>> config_int(SimpleNamespace(n_embd=768), "hidden_size", "n_embd", "d_model")
+        768
+    """
     for key in keys:
         value = getattr(config, key, None)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -78,16 +99,16 @@ def transformer_shape(model: nn.Module) -> TransformerShape:
         shape = transformer_shape(AutoModelForCausalLM.from_pretrained("gpt2"))
     """
     config = getattr(model, "config", None)
-    n_layers = _first_int(config, "num_hidden_layers", "n_layer", "num_layers")
-    hidden = _first_int(config, "hidden_size", "n_embd", "d_model")
+    n_layers = config_int(config, "num_hidden_layers", "n_layer", "num_layers")
+    hidden = config_int(config, "hidden_size", "n_embd", "d_model")
     if n_layers is None or hidden is None:
         raise ValueError(
             f"transformer FLOPs: {type(model).__name__} has no HF config with num_hidden_layers / n_layer and "
             "hidden_size / n_embd; pass an HF PreTrainedModel, or compute flops_per_batch yourself "
             "(lightning.fabric.utilities.throughput.measure_flops)."
         )
-    heads = _first_int(config, "num_attention_heads", "n_head")
-    head_dim = _first_int(config, "head_dim")
+    heads = config_int(config, "num_attention_heads", "n_head")
+    head_dim = config_int(config, "head_dim")
     # Models with an explicit head_dim (Gemma, some Qwen) have heads * head_dim != hidden_size.
     attention_dim = heads * head_dim if heads and head_dim else hidden
     return TransformerShape(matmul_params(model), n_layers, attention_dim)

@@ -21,6 +21,11 @@ installed here, so the formula is computed directly).
 
 Usage::
     .venv/bin/python scripts/measure_planner.py            # writes benchmarks/planner.{json,md}
+    .venv/bin/python scripts/measure_planner.py --gpu      # on a GPU: $OUT/planner_gpu.* ($OUT set) or benchmarks/
+
+Each configuration runs in its own process; the tables are rewritten after every row, so a run stopped by a
+timeout keeps what it measured, and a configuration that fails (bitsandbytes missing for an 8-bit row) is
+reported and skipped instead of ending the run.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python scripts/measure_planner.py` from a checkout without `pip install -e .`
 THREADS = 1  # the machine is shared; one thread keeps timings comparable between configurations
-GPU_HARDWARE = "H200"  # the planner preset used for --gpu predictions; change it to the lent device
+GPU_HARDWARE = "H200"  # the planner preset for --gpu predictions when the device's name matches no preset
 
 CONFIGS: list[dict[str, Any]] = [
     dict(name="bert-L2-h64 mlm s128 b8", arch="bert", task="mlm", layers=2, hidden=64, heads=2, vocab=1000,
@@ -77,9 +83,27 @@ for _cfg in GPU_CONFIGS:
     _cfg["device"] = "cuda"
 
 
+# Held out: configurations the memory model was not fitted on (bf16 autocast on the CPU, causal LMs, a Llama with
+# grouped-query attention), run with --held-out into benchmarks/planner_heldout.{json,md}.
+HELD_OUT: list[dict[str, Any]] = [
+    dict(name="bert-L4-h128 mlm s128 b8 bf16", arch="bert", task="mlm", layers=4, hidden=128, heads=4, vocab=8000,
+         seq=128, batch=8, attention="flash", precision="bf16-mixed"),
+    dict(name="gpt2-L4-h128 clm s128 b8 bf16", arch="gpt2", task="clm", layers=4, hidden=128, heads=4, vocab=8000,
+         seq=128, batch=8, attention="flash", precision="bf16-mixed"),
+    dict(name="llama-L2-h128 gqa clm s128 b4", arch="llama", task="clm", layers=2, hidden=128, heads=4,
+         kv_heads=2, vocab=4000, seq=128, batch=4, attention="flash"),
+    dict(name="gpt2-L3-h96 clm s256 b4 eager", arch="gpt2", task="clm", layers=3, hidden=96, heads=4, vocab=3000,
+         seq=256, batch=4, attention="eager", attention_dropout=0.1),
+]
+
+
 def _dims(cfg: dict[str, Any]):
     from lit_llm.planning.presets import ModelDims
 
+    if cfg["arch"] == "llama":
+        return ModelDims(cfg["name"], "llama", cfg["layers"], cfg["hidden"], cfg["heads"], 4 * cfg["hidden"],
+                         cfg["vocab"], 0, kv_heads=cfg.get("kv_heads"), activation="silu", dropout=0.0,
+                         attention_dropout=0.0)
     return ModelDims(
         cfg["name"], cfg["arch"], cfg["layers"], cfg["hidden"], cfg["heads"], 4 * cfg["hidden"], cfg["vocab"],
         max_positions=max(512, cfg["seq"]), activation="gelu_new" if cfg["arch"] == "gpt2" else "gelu",
@@ -88,10 +112,22 @@ def _dims(cfg: dict[str, Any]):
 
 
 def _hf_model(cfg: dict[str, Any]):
-    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     d = _dims(cfg)
-    if d.arch == "bert":
+    if d.arch == "llama":
+        config = LlamaConfig(vocab_size=d.vocab, hidden_size=d.hidden, num_hidden_layers=d.num_layers,
+                             num_attention_heads=d.heads, num_key_value_heads=d.kv_heads, intermediate_size=d.ffn)
+        cls = LlamaForCausalLM
+    elif d.arch == "bert":
         config = BertConfig(
             vocab_size=d.vocab, hidden_size=d.hidden, num_hidden_layers=d.num_layers, num_attention_heads=d.heads,
             intermediate_size=d.ffn, max_position_embeddings=d.max_positions, hidden_dropout_prob=d.dropout,
@@ -151,15 +187,16 @@ def measure_one_cuda(cfg: dict[str, Any]) -> dict[str, Any]:
     step()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - batch_bytes
-    times = []
-    for _ in range(5):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
+    # one window of steps with a synchronization at each end: a sync per step would stall the GPU's queue
+    steps = 5
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
         step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
     return {"measured_peak_bytes": peak, "rss_delta_bytes": torch.cuda.max_memory_reserved(),
-            "measured_step_s": min(times), "params": sum(p.numel() for p in model.parameters()),
+            "measured_step_s": (time.perf_counter() - start) / steps,
+            "params": sum(p.numel() for p in model.parameters()),
             "cpu_fp32_matmul_tflops": float("nan"), "cpu_copy_gbps": float("nan")}
 
 
@@ -192,7 +229,9 @@ def measure_one(cfg: dict[str, Any]) -> dict[str, Any]:
         _forward_backward_step()
 
     def _forward_backward_step() -> None:
-        loss = model(**batch).loss
+        # bf16-mixed as Lightning's CPU precision plugin runs it: autocast around the forward
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.get("precision") == "bf16-mixed"):
+            loss = model(**batch).loss
         loss.backward()
         optimizer.step()
 
@@ -216,6 +255,7 @@ def measure_one(cfg: dict[str, Any]) -> dict[str, Any]:
     # The machine is shared: calibrate the hardware numbers right next to the timed steps, take the fastest
     # of each, so contention hits prediction and measurement alike.
     peak, bandwidth = cpu_peak_tflops(), cpu_memory_gbps()
+    peak_bf16 = cpu_peak_tflops(dtype="bf16") if cfg.get("precision") == "bf16-mixed" else float("nan")
     times = []
     for _ in range(5):
         start = time.perf_counter()
@@ -226,6 +266,7 @@ def measure_one(cfg: dict[str, Any]) -> dict[str, Any]:
         "rss_delta_bytes": (rss_peak - rss_before) * 1024,
         "measured_step_s": min(times),
         "cpu_fp32_matmul_tflops": peak,
+        "cpu_bf16_matmul_tflops": peak_bf16,
         "cpu_copy_gbps": bandwidth,
         "params": sum(p.numel() for p in model.parameters()),
     }
@@ -247,19 +288,17 @@ def _walk(roots):
         stack.extend(node.children)
 
 
-def cpu_peak_tflops(threads: int = THREADS) -> float:
-    """fp32 matmul throughput of this CPU with ``threads`` threads (best of 5), the hardware 'peak'."""
+def cpu_peak_tflops(threads: int = THREADS, dtype: str = "32") -> float:
+    """Matmul throughput of this CPU with ``threads`` threads in fp32 (``"32"``) or ``"bf16"``, the hardware 'peak'
+    (lit_llm.planning.cpu's measurement, the one ``lit-llm plan --calibrate`` caches)."""
     import torch
 
+    from lit_llm.planning.cpu import measure_matmul_tflops
+
     torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    best = float("inf")
-    for _ in range(6):
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = min(best, (time.perf_counter() - start) / 4)
-    return 2 * 1024**3 / best / 1e12
+    if dtype == "32":
+        return measure_matmul_tflops(torch.float32, size=1024, threads=threads, repeats=6)
+    return measure_matmul_tflops(torch.bfloat16, size=256, threads=threads, repeats=6)  # ~100x slower without AMX
 
 
 def cpu_memory_gbps(threads: int = THREADS) -> float:
@@ -277,7 +316,18 @@ def cpu_memory_gbps(threads: int = THREADS) -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
-def predict(cfg: dict[str, Any], peak_tflops: float, memory_gbps: float) -> dict[str, Any]:
+def gpu_hardware():
+    """The planner preset of this machine's GPU (by its name), else the ``GPU_HARDWARE`` preset."""
+    import torch
+
+    from lit_llm.planning.presets import hardware_for_device, resolve_hardware
+
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return hardware_for_device(name) or resolve_hardware(GPU_HARDWARE)
+
+
+def predict(cfg: dict[str, Any], peak_tflops: float, memory_gbps: float, bf16_tflops: float = float("nan")
+            ) -> dict[str, Any]:
     from lit_llm.planning.choice import PlanChoice
     from lit_llm.planning.memory import accelerate_estimate, estimate_memory
     from lit_llm.planning.presets import resolve_hardware
@@ -285,9 +335,10 @@ def predict(cfg: dict[str, Any], peak_tflops: float, memory_gbps: float) -> dict
 
     dims = _dims(cfg)
     if cfg.get("device") == "cuda":
-        hw = resolve_hardware(GPU_HARDWARE)
+        hw = gpu_hardware()
     else:
-        hw = resolve_hardware("cpu", peak_tflops={"32": peak_tflops}, memory_gbps=memory_gbps)
+        peaks = {"32": peak_tflops} if bf16_tflops != bf16_tflops else {"32": peak_tflops, "bf16": bf16_tflops}
+        hw = resolve_hardware("cpu", peak_tflops=peaks, memory_gbps=memory_gbps)
     choice = PlanChoice(
         "ddp", cfg.get("precision", "32-true"), checkpointing=cfg.get("checkpointing", False),
         optimizer_8bit=cfg.get("optimizer_8bit", False), micro_batch=cfg["batch"],
@@ -309,9 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output path without suffix (default benchmarks/planner[_gpu])")
     parser.add_argument("--rewrite", action="store_true", help="rewrite the .md from the .json, measure nothing")
     parser.add_argument("--gpu", action="store_true", help=f"the BERT-base-sized GPU check on one {GPU_HARDWARE}")
+    parser.add_argument("--held-out", action="store_true",
+                        help="configurations the model was not fitted on (bf16 on CPU, causal LMs, Llama)")
     args = parser.parse_args(argv)
-    configs = GPU_CONFIGS if args.gpu else CONFIGS
-    out = Path(args.out or ROOT / "benchmarks" / ("planner_gpu" if args.gpu else "planner"))
+    configs = GPU_CONFIGS if args.gpu else (HELD_OUT if args.held_out else CONFIGS)
+    name = "planner_gpu" if args.gpu else ("planner_heldout" if args.held_out else "planner")
+    base = Path(os.environ["OUT"]) if args.gpu and os.environ.get("OUT") else ROOT / "benchmarks"
+    out = Path(args.out) if args.out else base / name
     if args.one:
         print(json.dumps(measure_one(json.loads(args.one))))
         return 0
@@ -319,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(out.with_suffix(".json").read_text())
         _write(out, saved["rows"], saved["meta"]["command"].removeprefix(".venv/bin/python "))
         return 0
-    rows = []
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    command = " ".join(["scripts/measure_planner.py", *(argv or sys.argv[1:])])
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
     for i, cfg in enumerate(configs):
         if args.only and i not in args.only:
@@ -328,10 +385,13 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True, env=env, check=False
         )
         if proc.returncode:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return proc.returncode
+            reason = _skip_reason(cfg, proc.stderr)
+            print(f"{cfg['name']:38s} skipped: {reason}", flush=True)
+            skipped.append({"config": cfg["name"], "reason": reason})
+            continue
         measured = json.loads(proc.stdout.strip().splitlines()[-1])
-        row = {"config": cfg, **measured, **predict(cfg, measured["cpu_fp32_matmul_tflops"], measured["cpu_copy_gbps"])}
+        row = {"config": cfg, **measured, **predict(cfg, measured["cpu_fp32_matmul_tflops"], measured["cpu_copy_gbps"],
+                                                     measured.get("cpu_bf16_matmul_tflops", float("nan")))}
         row["memory_error"] = row["predicted_peak_bytes"] / row["measured_peak_bytes"] - 1
         row["time_ratio"] = row["predicted_step_s"] / row["measured_step_s"]
         rows.append(row)
@@ -343,11 +403,21 @@ def main(argv: list[str] | None = None) -> int:
             f"pred {row['predicted_step_s'] * 1e3:7.1f} ms",
             flush=True,
         )
-    _write(out, rows, " ".join(["scripts/measure_planner.py", *(argv or sys.argv[1:])]))
+        _write(out, rows, command, skipped)  # after every row: a timeout keeps what was measured
+    if not rows:
+        print("measure_planner: no configuration could be measured", file=sys.stderr)
+        return 1
+    _write(out, rows, command, skipped)
     return 0
 
 
-def _write(out: Path, rows: list[dict[str, Any]], command: str) -> None:
+def _skip_reason(cfg: dict[str, Any], stderr: str) -> str:
+    if cfg.get("optimizer_8bit") and "No module named 'bitsandbytes'" in stderr:
+        return "bitsandbytes is not installed here (AdamW8bit row)"
+    return "the measurement failed: " + (stderr.strip().splitlines() or ["no output"])[-1][:300]
+
+
+def _write(out: Path, rows: list[dict[str, Any]], command: str, skipped: list[dict[str, str]] | None = None) -> None:
     import platform
 
     import torch
@@ -355,7 +425,10 @@ def _write(out: Path, rows: list[dict[str, Any]], command: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": f".venv/bin/python {command}".strip(), "torch": torch.__version__, "threads": THREADS,
             "machine": platform.processor() or platform.machine()}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    payload: dict[str, Any] = {"meta": meta, "rows": rows}
+    if skipped:
+        payload["skipped"] = skipped
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
     mib = 2**20
     lines = [
         "# `lit-llm plan`: predicted vs measured, CPU",
@@ -399,7 +472,10 @@ def _write(out: Path, rows: list[dict[str, Any]], command: str) -> None:
     if any(r["config"].get("device") == "cuda" for r in rows):
         lines += ["GPU rows: the peak is `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()` "
                   "(minus the batch), compared with the planner's `tensor_peak` (no CUDA context, no "
-                  f"fragmentation allowance); predictions use the {GPU_HARDWARE} preset.", ""]
+                  f"fragmentation allowance); predictions use the planner preset matching the GPU's name "
+                  f"(else {GPU_HARDWARE}).", ""]
+    for row in skipped or []:
+        lines.append(f"Skipped: {row['config']}: {row['reason']}.")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

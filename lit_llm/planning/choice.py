@@ -6,12 +6,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Strategy", "Precision", "STRATEGIES", "PRECISIONS", "PlanChoice"]
+__all__ = ["Strategy", "Precision", "Adapter", "STRATEGIES", "PRECISIONS", "ADAPTERS", "PlanChoice"]
 
 Strategy = Literal["ddp", "fsdp-full", "fsdp-grad-op", "fsdp-hybrid"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+Adapter = Literal["none", "lora", "qlora"]
 STRATEGIES: tuple[Strategy, ...] = ("ddp", "fsdp-full", "fsdp-grad-op", "fsdp-hybrid")
 PRECISIONS: tuple[Precision, ...] = ("32-true", "bf16-mixed", "16-mixed")
+ADAPTERS: tuple[Adapter, ...] = ("none", "lora", "qlora")
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,13 @@ class PlanChoice:
         offload: FSDP CPU offload of weights, grads and optimizer state.
         micro_batch: sequences per device per forward.
         accumulation: micro-batches per optimizer step.
+        adapter: ``none`` (full fine-tuning), ``lora`` (rank-``lora_rank`` adapters on every matmul weight of the
+            blocks, the frozen base in the compute dtype: bf16 under a 16-bit precision, else fp32) or ``qlora``
+            (the same adapters on a frozen 4-bit NF4 base).
+        lora_rank: the adapters' rank ``r``.
 
     Raises:
-        ValueError: an unknown strategy or precision, offload without FSDP, non-positive sizes.
+        ValueError: an unknown strategy, precision or adapter, offload without FSDP, non-positive sizes.
 
     Example::
         PlanChoice("fsdp-full", "bf16-mixed", checkpointing=True, micro_batch=4, world_size=8)
@@ -45,6 +51,8 @@ class PlanChoice:
     accumulation: int = 1
     world_size: int = 1
     devices_per_node: int = 1
+    adapter: Adapter = "none"
+    lora_rank: int = 8
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -55,13 +63,20 @@ class PlanChoice:
             raise ValueError(
                 f"PlanChoice(offload=True, strategy={self.strategy!r}): CPU offload needs an FSDP strategy."
             )
-        for key in ("micro_batch", "accumulation", "world_size", "devices_per_node"):
+        if self.adapter not in ADAPTERS:
+            raise ValueError(f"PlanChoice(adapter={self.adapter!r}): choose one of {', '.join(ADAPTERS)}.")
+        for key in ("micro_batch", "accumulation", "world_size", "devices_per_node", "lora_rank"):
             if getattr(self, key) < 1:
                 raise ValueError(f"PlanChoice({key}={getattr(self, key)!r}): must be >= 1.")
 
     @property
     def mixed(self) -> bool:
         return self.precision != "32-true"
+
+    @property
+    def shard_divisor(self) -> int:
+        """What gradients and optimizer states are divided by: the shard group under FSDP, 1 under DDP."""
+        return self.shard_group if self.strategy != "ddp" else 1
 
     @property
     def shard_group(self) -> int:
@@ -73,6 +88,8 @@ class PlanChoice:
     @property
     def label(self) -> str:
         parts: list[str] = [self.strategy, self.precision]
+        if self.adapter != "none":
+            parts.append(f"{self.adapter}-r{self.lora_rank}")
         if self.checkpointing:
             parts.append("ckpt")
         if self.optimizer_8bit:

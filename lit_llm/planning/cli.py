@@ -8,6 +8,13 @@ Example::
     lit-llm plan --model bert-large --task mlm --seq_len 512 --global_batch 256 --hardware A100-40GB \\
         --devices 8 --tokens 2e9 --emit_config configs/pretrain/bert_large_plan.yaml
     lit-llm plan --config plan.yaml --devices 16
+    lit-llm plan --model path/to/any_hf_model --task classification --seq_len 128 --global_batch 32 \\
+        --hardware cpu --calibrate
+    lit-llm plan --model llama-7b --task clm --seq_len 2048 --global_batch 16 --hardware A10 --adapter qlora
+
+``--hardware cpu`` describes this machine: its bf16 hardware is read from ``/proc/cpuinfo`` (or ``--cpuinfo FILE``
+for another machine) and its matmul peaks are measured once with ``--calibrate`` and cached (see
+:mod:`lit_llm.planning.cpu`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_llm.errors import InvalidArgumentError
-from lit_llm.planning.choice import PRECISIONS, STRATEGIES
+from lit_llm.planning.choice import ADAPTERS, PRECISIONS, STRATEGIES
+from lit_llm.planning.cpu import cpu_hardware, cpu_peaks, read_cpuinfo
 from lit_llm.planning.emit import emit_config
 from lit_llm.planning.params import TASKS
 from lit_llm.planning.plan import NothingFitsError, PlanRequest, make_plan
@@ -57,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", type=Path,
                         help="YAML file of options named as the flags (seq_len: 512); flags given here override it")
     m = parser.add_argument_group("model")
-    m.add_argument("--model", help=f"a preset ({', '.join(MODEL_PRESETS)}), an HF config directory or hub id")
+    m.add_argument("--model", help=f"a preset ({', '.join(MODEL_PRESETS)}), an HF model directory, a config.json "
+                   "or a hub id (any architecture: its parameters are counted from its config on the meta device)")
     m.add_argument("--arch", choices=("bert", "gpt2", "llama"), default="bert", help="with explicit dimensions")
     for flag in _DIM_FLAGS:
         m.add_argument(f"--{flag}", type=int, help="explicit dimension (instead of --model)")
@@ -80,11 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--mfu", type=float, help="expected model FLOPs utilization, e.g. 0.4")
     h.add_argument("--bandwidth_gbps", type=float, help="per-device bandwidth within a node, GB/s")
     h.add_argument("--inter_node_gbps", type=float, help="per-device bandwidth between nodes, GB/s")
+    h.add_argument("--cpuinfo", metavar="FILE", type=Path,
+                   help="with --hardware cpu: plan for the CPU of this /proc/cpuinfo copy instead of this machine's")
+    h.add_argument("--calibrate", action="store_true",
+                   help="with --hardware cpu: measure this CPU's fp32 and bf16 matmul peaks now (cached for later)")
     c = parser.add_argument_group("constraints")
     c.add_argument("--micro_batch", type=int, help="fix the micro-batch (default: search)")
     c.add_argument("--precision", choices=PRECISIONS, help="fix the precision (default: try all supported)")
     c.add_argument("--strategy", choices=STRATEGIES, help="fix the strategy (default: try all that apply)")
     c.add_argument("--no_offload", action="store_true", help="do not consider FSDP CPU offload")
+    c.add_argument("--adapter", choices=ADAPTERS,
+                   help="plan LoRA / QLoRA fine-tuning (or none: full); default: full, with LoRA and QLoRA shown")
+    c.add_argument("--lora_rank", type=int, default=8, help="rank of the LoRA / QLoRA adapters")
     o = parser.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print the whole plan as JSON")
     o.add_argument("--emit_config", metavar="FILE",
@@ -166,9 +182,40 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
     return parser.parse_args(argv)
 
 
+def _cpu(args: argparse.Namespace) -> HardwareSpec:
+    """This machine's CPU (or the one of ``--cpuinfo``): its bf16 hardware and, when measured, its matmul peaks."""
+    if args.cpuinfo is not None:
+        if args.calibrate:
+            raise InvalidArgumentError("--calibrate measures this machine; it cannot describe the CPU of --cpuinfo "
+                                       f"{str(args.cpuinfo)!r}. Drop one of them.")
+        return cpu_hardware(read_cpuinfo(args.cpuinfo))
+    if not Path("/proc/cpuinfo").is_file():
+        return resolve_hardware("cpu")  # not Linux: the generic preset
+    info = read_cpuinfo()
+    return cpu_hardware(info, cpu_peaks(info, measure=args.calibrate))
+
+
+def _peaks(args: argparse.Namespace, base: HardwareSpec) -> dict[str, float] | None:
+    if args.peak_tflops is None and args.peak_tflops_fp32 is None:
+        return None
+    peaks = dict(base.peak_tflops)
+    if args.peak_tflops is not None:
+        peaks.update({k: args.peak_tflops for k in peaks if k != "32"})
+    if args.peak_tflops_fp32 is not None:
+        if not base.is_gpu and args.peak_tflops is None:
+            # a CPU's 16-bit rate follows its fp32 rate (same units), keep the preset's ratio
+            scale = args.peak_tflops_fp32 / base.peak_tflops["32"]
+            peaks = {k: v * scale for k, v in peaks.items()}
+        peaks["32"] = args.peak_tflops_fp32
+    return peaks
+
+
 def _hardware(args: argparse.Namespace) -> HardwareSpec:
-    peaks: dict[str, float] | None = None
-    if args.hardware.lower() == "custom":
+    name = args.hardware.lower()
+    if name != "cpu" and (args.cpuinfo is not None or args.calibrate):
+        raise InvalidArgumentError(f"--cpuinfo and --calibrate describe a CPU; they need --hardware cpu, not "
+                                   f"{args.hardware!r}.")
+    if name == "custom":
         missing = [f for f in ("memory_gb", "peak_tflops") if getattr(args, f) is None]
         if missing:
             raise InvalidArgumentError(
@@ -179,19 +226,11 @@ def _hardware(args: argparse.Namespace) -> HardwareSpec:
         return HardwareSpec("custom", args.memory_gb, {"32": fp32, "bf16": args.peak_tflops, "16": args.peak_tflops},
                             mfu=args.mfu or 0.4, intra_node_gbps=args.bandwidth_gbps or 25.0,
                             inter_node_gbps=args.inter_node_gbps or 12.5)
-    base = resolve_hardware(args.hardware)
-    if args.peak_tflops is not None or args.peak_tflops_fp32 is not None:
-        peaks = dict(base.peak_tflops)
-        if args.peak_tflops is not None:
-            peaks.update({k: args.peak_tflops for k in peaks if k != "32"})
-        if args.peak_tflops_fp32 is not None:
-            if not base.is_gpu and args.peak_tflops is None:
-                # a CPU's 16-bit rate follows its fp32 rate (same units), keep the preset's ratio
-                scale = args.peak_tflops_fp32 / base.peak_tflops["32"]
-                peaks = {k: v * scale for k, v in peaks.items()}
-            peaks["32"] = args.peak_tflops_fp32
-    return resolve_hardware(args.hardware, memory_gib=args.memory_gb, peak_tflops=peaks, mfu=args.mfu,
-                            intra_node_gbps=args.bandwidth_gbps, inter_node_gbps=args.inter_node_gbps)
+    base = _cpu(args) if name == "cpu" else resolve_hardware(args.hardware)
+    changes = {"memory_gib": args.memory_gb, "peak_tflops": _peaks(args, base), "mfu": args.mfu,
+               "intra_node_gbps": args.bandwidth_gbps, "inter_node_gbps": args.inter_node_gbps}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return base.replace(**changes) if changes else base
 
 
 def _model(args: argparse.Namespace) -> tuple[ModelDims, Any]:
@@ -201,7 +240,12 @@ def _model(args: argparse.Namespace) -> tuple[ModelDims, Any]:
                                    f"({', '.join('--' + g for g in given)}), not both.")
     if args.model:
         dims = resolve_model(args.model)
-        return dims, (None if args.model in MODEL_PRESETS else args.model)
+        if args.model in MODEL_PRESETS:
+            return dims, None
+        path = Path(args.model).expanduser()
+        if path.is_file():  # a config.json: its directory when it is a saved model, else the config itself
+            return dims, (str(path.parent) if path.name == "config.json" else dims.hf_config_dict())
+        return dims, args.model
     missing = [f for f in ("layers", "hidden", "heads", "vocab") if getattr(args, f) is None]
     if missing:
         raise InvalidArgumentError("give --model (a preset, HF directory or hub id) or "
@@ -229,7 +273,7 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
         dims, args.task, args.seq_len, args.global_batch, _hardware(args), devices=args.devices, nodes=args.nodes,
         tokens=args.tokens, steps=args.steps, micro_batch=args.micro_batch, precision=args.precision,
         strategy=args.strategy, allow_offload=not args.no_offload, attention=args.attention,
-        num_labels=args.num_labels, model_spec=spec,
+        num_labels=args.num_labels, model_spec=spec, adapter=args.adapter, lora_rank=args.lora_rank,
     )
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 
 from lit_llm.planning.plan import Candidate, PlanRequest
-from lit_llm.planning.presets import ModelDims
 
 __all__ = ["MODULES", "LAYER_CLASSES", "plan_config", "emit_config"]
 
@@ -42,43 +41,13 @@ def _model_spec(req: PlanRequest) -> str | dict[str, Any]:
     dims = req.model
     if dims.hub_id:
         return dims.hub_id
-    return _config_dict(dims)
+    return dims.hf_config_dict()  # from-scratch training: the config as lit_llm.hf.build_config reads it
 
 
-def _config_dict(dims: ModelDims) -> dict[str, Any]:
-    # From-scratch training: an HF config dict with model_type, as lit_llm.hf.build_config reads it.
-    if dims.arch == "gpt2":
-        return {"model_type": "gpt2", "n_layer": dims.num_layers, "n_embd": dims.hidden, "n_head": dims.heads,
-                "n_inner": dims.ffn, "vocab_size": dims.vocab, "n_positions": dims.max_positions}
-    spec = {"model_type": dims.model_type or dims.arch, "num_hidden_layers": dims.num_layers,
-            "hidden_size": dims.hidden, "num_attention_heads": dims.heads, "intermediate_size": dims.ffn,
-            "vocab_size": dims.vocab}
-    if dims.arch == "llama":
-        spec["num_key_value_heads"] = dims.kv_heads or dims.heads
-    else:
-        spec["max_position_embeddings"] = dims.max_positions
-    return spec
-
-
-def plan_config(req: PlanRequest, best: Candidate, data_path: str | None = None, lr: float = 5e-5) -> dict[str, Any]:
-    """The LightningCLI config (as a dict) for ``best``.
-
-    Args:
-        req: the request the plan answered.
-        best: the chosen candidate.
-        data_path: the training data (a corpus file/glob for mlm/clm, a train file for classification).
-        lr: the optimizer's learning rate.
-
-    Raises:
-        ValueError: a classification plan for a model given by dimensions only (no tokenizer to name).
-
-    Example::
-        cfg = plan_config(report.request, report.best, data_path="data/train.csv")
-    """
+def _trainer_section(req: PlanRequest, best: Candidate) -> dict[str, Any]:
     c = best.choice
-    world = req.world_size
     if c.strategy == "ddp":
-        strategy: Any = "ddp" if world > 1 else "auto"
+        strategy: Any = "ddp" if req.world_size > 1 else "auto"
     else:
         init: dict[str, Any] = {"sharding_strategy": _SHARDING[c.strategy], "cpu_offload": c.offload}
         layer = LAYER_CLASSES.get(req.model.model_type or req.model.arch)
@@ -96,6 +65,44 @@ def plan_config(req: PlanRequest, best: Candidate, data_path: str | None = None,
     }
     if req.total_steps is not None:
         trainer["max_steps"] = req.total_steps
+    return trainer
+
+
+def _data_section(req: PlanRequest, best: Candidate, tokenizer: str | None, data_path: str | None) -> dict[str, Any]:
+    batch = best.choice.micro_batch
+    if req.task == "classification":
+        return {"class_path": "lit_llm.datamodules.TextClassificationDataModule",
+                "init_args": {"tokenizer": tokenizer, "train_file": data_path or _PLACEHOLDER,
+                              "max_length": req.seq_len, "batch_size": batch}}
+    corpus: dict[str, Any] = {"data_files": data_path or _PLACEHOLDER, "block_size": req.seq_len, "batch_size": batch}
+    if tokenizer is None:
+        # from scratch: train a tokenizer of the planned vocabulary size on the corpus
+        kind = "wordpiece" if req.model.arch == "bert" else "bpe"
+        corpus.update(train_tokenizer=kind, vocab_size=req.model.vocab)
+    else:
+        corpus["tokenizer"] = tokenizer
+    return {"class_path": "lit_llm.datamodules.corpus.TextCorpusDataModule", "init_args": corpus}
+
+
+def plan_config(req: PlanRequest, best: Candidate, data_path: str | None = None, lr: float = 5e-5) -> dict[str, Any]:
+    """The LightningCLI config (as a dict) for ``best``.
+
+    A LoRA / QLoRA plan is written as its full-training equivalent (same trainer, data and batch): the adapters
+    are configured on the module, see :func:`emit_config`'s header comment.
+
+    Args:
+        req: the request the plan answered.
+        best: the chosen candidate.
+        data_path: the training data (a corpus file/glob for mlm/clm, a train file for classification).
+        lr: the optimizer's learning rate.
+
+    Raises:
+        ValueError: a classification plan for a model given by dimensions only (no tokenizer to name).
+
+    Example::
+        cfg = plan_config(report.request, report.best, data_path="data/train.csv")
+    """
+    c = best.choice
     optimizer = "bitsandbytes.optim.AdamW8bit" if c.optimizer_8bit else "torch.optim.AdamW"
     spec = _model_spec(req)
     model_args: dict[str, Any] = {
@@ -111,24 +118,11 @@ def plan_config(req: PlanRequest, best: Candidate, data_path: str | None = None,
                 "give --model as an HF directory or hub id."
             )
         model_args["num_labels"] = req.num_labels
-        data = {"class_path": "lit_llm.datamodules.TextClassificationDataModule",
-                "init_args": {"tokenizer": tokenizer, "train_file": data_path or _PLACEHOLDER,
-                              "max_length": req.seq_len, "batch_size": c.micro_batch}}
-    else:
-        corpus: dict[str, Any] = {"data_files": data_path or _PLACEHOLDER, "block_size": req.seq_len,
-                                  "batch_size": c.micro_batch}
-        if tokenizer is None:
-            # from scratch: train a tokenizer of the planned vocabulary size on the corpus
-            kind = "wordpiece" if req.model.arch == "bert" else "bpe"
-            corpus.update(train_tokenizer=kind, vocab_size=req.model.vocab)
-        else:
-            corpus["tokenizer"] = tokenizer
-        data = {"class_path": "lit_llm.datamodules.corpus.TextCorpusDataModule", "init_args": corpus}
     return {
         "seed_everything": 42,
-        "trainer": trainer,
+        "trainer": _trainer_section(req, best),
         "model": {"class_path": MODULES[req.task], "init_args": model_args},
-        "data": data,
+        "data": _data_section(req, best, tokenizer, data_path),
     }
 
 
@@ -150,6 +144,9 @@ def emit_config(
     config = plan_config(req, best, data_path)
     header = [f"# lit-llm plan: {best.choice.label} on {req.devices} x {req.nodes} x {req.hardware.name}"]
     header += [f"#   {r}" for r in reasons]
+    if best.choice.adapter != "none":
+        header.append(f"# This plan trains {best.choice.adapter} adapters of rank {best.choice.lora_rank} on every "
+                      "Linear of the blocks: add lit-llm's LoRA option to the model below.")
     if data_path is None:
         header.append(f"# Replace {_PLACEHOLDER} with your data (or pass --data_path to lit-llm plan).")
     path.parent.mkdir(parents=True, exist_ok=True)

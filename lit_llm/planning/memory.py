@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from lit_llm.planning.choice import PlanChoice
-from lit_llm.planning.params import Task, parameter_tensors
+from lit_llm.planning.params import ParamTensor, Task, lora_targets, parameter_tensors
 from lit_llm.planning.presets import GIB, HardwareSpec, ModelDims
 
 __all__ = ["Attention", "MemoryEstimate", "activation_bytes", "estimate_memory", "accelerate_estimate"]
@@ -120,6 +120,113 @@ def _optimizer_bytes(numels: list[int], optimizer_8bit: bool) -> float:
     return sum(2.0 * n + 8.0 * ((n + 255) // 256) if n >= _BNB_MIN_8BIT_SIZE else 8.0 * n for n in numels)
 
 
+_NF4_BYTES = 0.5 + 4 / 64  # bitsandbytes 4-bit: two values a byte plus one fp32 absmax per block of 64
+
+
+@dataclass(frozen=True)
+class _Params:
+    """What the memory model needs from the parameter tensors under one choice.
+
+    ``trainable`` are the tensors the optimizer updates (all of them, or the LoRA adapters and a classification
+    head); ``frozen_bytes`` the base weights LoRA / QLoRA keep without gradients; ``*_unit`` one FSDP unit (a
+    block, or the embeddings and heads outside the blocks) in parameters or bytes.
+    """
+
+    n_params: float
+    trainable: list[int]
+    frozen_bytes: float
+    block_unit: float
+    outer_unit: float
+    block_frozen_bytes: float
+    outer_frozen_bytes: float
+    dequant_bytes: float  # QLoRA: the largest weight dequantized to bf16 for its matmul
+
+    @property
+    def n_trainable(self) -> float:
+        return float(sum(self.trainable))
+
+
+def _params(dims: ModelDims, task: Task, choice: PlanChoice, num_labels: int) -> _Params:
+    tensors = parameter_tensors(dims, task, num_labels)
+    n_params = float(sum(t.numel for t in tensors))
+    if choice.adapter == "none":
+        block = float(sum(t.numel for t in tensors if t.layer == 0))
+        return _Params(n_params, [t.numel for t in tensors], 0.0, block, n_params - dims.num_layers * block,
+                       0.0, 0.0, 0.0)
+    targets = lora_targets(tensors)
+    r = choice.lora_rank
+    trainable = [r * n for t in targets for n in t.shape]  # A: (r, n_in), B: (n_out, r)
+    head = [t for t in tensors if t.head and task == "classification"]
+    trainable += [t.numel for t in head]
+    target_names = {t.name for t in targets}
+    base_bytes = 2 if choice.mixed else 4  # the frozen base in the compute dtype
+
+    def frozen(t: ParamTensor) -> float:
+        if choice.adapter == "qlora":
+            return t.numel * (_NF4_BYTES if t.name in target_names else 2.0)  # non-Linear weights in bf16
+        return float(t.numel * base_bytes)
+
+    head_names = {t.name for t in head}
+    frozen_tensors = [t for t in tensors if t.name not in head_names]
+    frozen_total = sum(frozen(t) for t in frozen_tensors)
+    block_frozen = sum(frozen(t) for t in frozen_tensors if t.layer == 0)
+    block_train = float(sum(r * n for t in targets if t.layer == 0 for n in t.shape))
+    dequant = 2.0 * max(t.numel for t in targets) if choice.adapter == "qlora" else 0.0
+    return _Params(
+        n_params, trainable, frozen_total, block_train, float(sum(trainable)) - dims.num_layers * block_train,
+        block_frozen, frozen_total - dims.num_layers * block_frozen, dequant,
+    )
+
+
+def _held_state(params: _Params, choice: PlanChoice) -> tuple[float, float, float, float]:
+    """(weights, gradients, optimizer states, host bytes) each device keeps between steps.
+
+    Master weights are fp32 in every precision Lightning offers; FSDP full / hybrid shard them, every FSDP
+    variant shards gradients and optimizer states; offload moves all three to the host.
+    """
+    sharded_w = choice.strategy in ("fsdp-full", "fsdp-hybrid")
+    weights = (params.frozen_bytes + 4 * params.n_trainable) / (choice.shard_group if sharded_w else 1)
+    grads = 4 * params.n_trainable / choice.shard_divisor
+    optim = _optimizer_bytes(params.trainable, choice.optimizer_8bit) / choice.shard_divisor
+    if not choice.offload:
+        return weights, grads, optim, 0.0
+    return 0.0, 0.0, 0.0, (weights + grads + optim) * min(choice.devices_per_node, choice.world_size)
+
+
+def _working_weights(params: _Params, choice: PlanChoice, p: int) -> float:
+    """Weights materialized for forward and backward beyond the held ones: casts and FSDP gathers."""
+    if choice.adapter != "none":
+        # the frozen base is stored in its compute form; FSDP gathers it like any weight
+        if choice.strategy == "ddp":
+            return params.dequant_bytes
+        if choice.strategy == "fsdp-grad-op":
+            return params.frozen_bytes + params.dequant_bytes
+        return 2 * params.block_frozen_bytes + params.outer_frozen_bytes + params.dequant_bytes
+    if choice.strategy == "ddp":
+        return 2 * params.n_params if choice.mixed else 0.0  # autocast caches a 16-bit copy of every weight
+    if choice.strategy == "fsdp-grad-op":
+        return p * params.n_params  # gathered after forward, kept through backward (ZeRO-2)
+    # one block gathered plus the next one prefetched, and the unsharded embeddings/head
+    return p * (2 * params.block_unit + params.outer_unit)
+
+
+def _stored_activations(
+    dims: ModelDims, task: Task, choice: PlanChoice, seq: int, hardware: HardwareSpec, attention: Attention
+) -> tuple[float, float]:
+    """(activations kept through the forward, the block recomputed during backward under checkpointing)."""
+    p = 2 if choice.mixed else 4
+    block, outer, ckpt_input = activation_bytes(
+        dims, seq, choice.micro_batch, p, attention, task, mask_bytes=1 if hardware.is_gpu else p
+    )
+    if choice.adapter != "none":
+        # each adapted weight keeps its (s, b, r) down-projection for the up-projection's gradient
+        n_targets = len([t for t in lora_targets(parameter_tensors(dims, task)) if t.layer == 0])
+        block += n_targets * seq * choice.micro_batch * choice.lora_rank * p
+    if choice.checkpointing:
+        return dims.num_layers * ckpt_input + outer, block  # block inputs; the last block recomputed
+    return dims.num_layers * block + outer, 0.0
+
+
 def estimate_memory(
     dims: ModelDims,
     task: Task,
@@ -131,10 +238,14 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Peak memory of one device in one steady-state training step of ``choice``.
 
+    Under LoRA / QLoRA only the adapters (and a classification head) have gradients and optimizer states; the
+    frozen base is held in bf16 (16-bit precisions) or fp32, or in 4-bit NF4 for QLoRA; the embeddings get no
+    gradient, so the LM head makes no ``V*h`` gradient buffer.
+
     Args:
         dims: the model.
         task: ``mlm``, ``clm`` or ``classification`` (LM tasks add ``s*b*V`` fp32 loss buffers).
-        choice: strategy, precision, checkpointing, optimizer, offload, micro-batch, world size.
+        choice: strategy, precision, checkpointing, optimizer, offload, adapter, micro-batch, world size.
         seq: sequence length.
         hardware: the device (its runtime context is added on GPUs).
         attention: ``flash`` or ``eager``, see :func:`activation_bytes`.
@@ -145,63 +256,31 @@ def estimate_memory(
         est = estimate_memory(MODEL_PRESETS["bert-base"], "mlm", choice, 512, resolve_hardware("A10"))
         est.peak / 2**30  # GiB
     """
-    tensors = parameter_tensors(dims, task, num_labels)
-    numels = [t.numel for t in tensors]
-    n_params = float(sum(numels))
-    largest = float(max(numels))
-    group = choice.shard_group
-    p = 2 if choice.mixed else 4
-
-    # What each device holds between steps (master weights are fp32 in every precision Lightning offers).
-    sharded_w = choice.strategy == "fsdp-full" or choice.strategy == "fsdp-hybrid"
-    weights = 4 * n_params / (group if sharded_w else 1)
-    grads = 4 * n_params / (group if choice.strategy != "ddp" else 1)
-    optim = _optimizer_bytes(numels, choice.optimizer_8bit) / (group if choice.strategy != "ddp" else 1)
-    host = 0.0
-    if choice.offload:
-        host = (weights + grads + optim) * min(choice.devices_per_node, choice.world_size)
-        weights = grads = optim = 0.0
-
-    # Working weights during forward/backward.
-    block_params = float(sum(t.numel for t in tensors if t.layer == 0))
-    outer_params = n_params - dims.num_layers * block_params
-    if choice.strategy == "ddp":
-        working = 2 * n_params if choice.mixed else 0.0  # autocast caches a 16-bit copy of every weight
-    elif choice.strategy == "fsdp-grad-op":
-        working = p * n_params  # gathered after forward, kept through backward (ZeRO-2)
-    else:
-        # one block gathered plus the next one prefetched, and the unsharded embeddings/head
-        working = p * (2 * block_params + outer_params)
-
-    block, outer, ckpt_input = activation_bytes(
-        dims, seq, choice.micro_batch, p, attention, task, mask_bytes=1 if hardware.is_gpu else p
-    )
-    if choice.checkpointing:
-        stored = dims.num_layers * ckpt_input + outer  # block inputs only
-        recompute = block  # the last block is recomputed once the loss buffers are freed
-    else:
-        stored, recompute = dims.num_layers * block + outer, 0.0
-    activations = stored + recompute
+    params = _params(dims, task, choice, num_labels)
+    weights, grads, optim, host = _held_state(params, choice)
+    working = _working_weights(params, choice, 2 if choice.mixed else 4)
+    stored, recompute = _stored_activations(dims, task, choice, seq, hardware, attention)
 
     # Temporaries.
+    lm = task in ("mlm", "clm")
     sbv = float(seq * choice.micro_batch * dims.vocab)
-    head_loss = 3 * 4 * sbv if task in ("mlm", "clm") else 0.0  # log_softmax out, its grad, logits' grad
-    embed_grad = 4.0 * dims.vocab * dims.hidden  # the word embedding's gradient, made by the head/embedding
+    head_loss = 3 * 4 * sbv if lm else 0.0  # log_softmax out, its grad, logits' grad
+    # the word embedding's gradient, made by the head/embedding (a frozen embedding has none)
+    embed_grad = 4.0 * dims.vocab * dims.hidden if choice.adapter == "none" else 0.0
     if choice.strategy == "ddp":
         # Lightning's DDP copies gradients into flat buckets (gradient_as_bucket_view=False)
-        buckets = 4 * n_params if choice.world_size > 1 else 0.0
+        buckets = 4 * params.n_trainable if choice.world_size > 1 else 0.0
         full_grad_unit = 0.0
     else:
         buckets = 0.0
-        full_grad_unit = 4 * max(block_params, outer_params)  # a unit's unsharded grads before reduce-scatter
-    if choice.optimizer_8bit or not hardware.is_gpu:
-        step_temp = 2 * 4 * largest  # per-tensor update (the CPU and bitsandbytes loop over tensors)
-    else:
-        step_temp = 4 * n_params / (group if choice.strategy != "ddp" else 1)  # foreach AdamW's sqrt buffer
+        full_grad_unit = 4 * max(params.block_unit, params.outer_unit)  # a unit's grads before reduce-scatter
     if choice.offload:
         step_temp = 0.0  # the optimizer runs on the host
+    elif choice.optimizer_8bit or not hardware.is_gpu:
+        step_temp = 2 * 4 * float(max(params.trainable))  # per-tensor update (CPU and bitsandbytes loop)
+    else:
+        step_temp = 4 * params.n_trainable / choice.shard_divisor  # foreach AdamW's sqrt buffer
 
-    lm = task in ("mlm", "clm")
     head_grad = embed_grad if lm else 0.0
     # Backward frees each node's saved tensors once it ran: first the loss (log-softmax output, its gradient,
     # the logits' gradient), then the head matmul (the logits' gradient and the tied embedding's gradient),
@@ -209,13 +288,13 @@ def estimate_memory(
     bwd_start = full_grad_unit + stored + max(
         head_loss, (4 * sbv if lm else 0.0) + head_grad, recompute + head_grad
     )
-    bwd_end = grads + embed_grad / (group if choice.strategy != "ddp" else 1) + full_grad_unit
+    bwd_end = grads + embed_grad / choice.shard_divisor + full_grad_unit
     step = grads + step_temp
     context = hardware.context_gib * GIB if hardware.is_gpu else 0.0
     tensor_peak = weights + optim + buckets + max(working + bwd_start, working + bwd_end, step)
     temporary = context + buckets + working + max(head_loss + embed_grad + full_grad_unit, step_temp)
     peak = context + tensor_peak * (1.05 if hardware.is_gpu else 1.0)  # caching-allocator fragmentation
-    return MemoryEstimate(weights, grads, optim, activations, temporary, peak, host, tensor_peak)
+    return MemoryEstimate(weights, grads, optim, stored + recompute, temporary, peak, host, tensor_peak)
 
 
 def accelerate_estimate(dims: ModelDims, task: Task, num_labels: int = 2) -> float:

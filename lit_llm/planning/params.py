@@ -1,116 +1,123 @@
-"""The parameter tensors of a model, counted from its dimensions the way ``transformers`` lays them out.
+"""The parameter tensors of a model, read from the model itself built on the meta device.
 
-Per-tensor sizes (not only a total) matter: bitsandbytes keeps 32-bit optimizer state for tensors under 4096
-elements, FSDP gathers one block at a time, and the FLOP count needs the matmul parameters apart from the
-embeddings.
+``AutoModelFor<task>.from_config(config)`` under ``torch.device("meta")`` makes every tensor with its shape and
+no storage, so any architecture ``transformers`` knows is counted exactly, tied weights once. Per-tensor sizes
+(not only a total) matter: bitsandbytes keeps 32-bit optimizer state for tensors under 4096 elements, FSDP
+gathers one block at a time, the FLOP count needs the matmul weights apart from the embeddings, and LoRA
+adapts the matmul weights of the blocks (its adapter sizes follow from their shapes).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lit_llm.planning.presets import ModelDims
 
-__all__ = ["Task", "TASKS", "ParamTensor", "parameter_tensors", "count_parameters", "matmul_parameters"]
+__all__ = [
+    "Task", "TASKS", "ParamTensor", "parameter_tensors", "count_parameters", "matmul_parameters",
+    "lora_parameters", "lora_targets",
+]
 
 Task = Literal["mlm", "clm", "classification"]
 TASKS: tuple[str, ...] = ("mlm", "clm", "classification")
+_AUTO_CLASSES = {
+    "mlm": "AutoModelForMaskedLM",
+    "clm": "AutoModelForCausalLM",
+    "classification": "AutoModelForSequenceClassification",
+}
 
 
 @dataclass(frozen=True)
 class ParamTensor:
-    """One trainable tensor: its name, element count, the block it belongs to (-1: outside the blocks)."""
+    """One trainable tensor of the model.
+
+    Args:
+        name: its name in ``model.named_parameters()``.
+        numel: element count.
+        layer: the transformer block it belongs to (-1: outside the blocks).
+        matmul: a weight of a Linear / Conv1D (6 FLOPs per token per element in training), a tied LM head's
+            embedding included.
+        shape: ``(n_in, n_out)`` for matmul weights (GPT-2's Conv1D is stored transposed), else the tensor's shape.
+        head: a task head's tensor (outside the base model: classifier, LM head), trained even under LoRA.
+    """
 
     name: str
     numel: int
     layer: int = -1
-    matmul: bool = False  # a weight used in a matmul (counts 6 FLOPs per token per element in training)
+    matmul: bool = False
+    shape: tuple[int, ...] = ()
+    head: bool = False
 
 
-def _block(dims: ModelDims, i: int) -> list[ParamTensor]:
-    h, f, kv = dims.hidden, dims.ffn, dims.kv_dim
-
-    def lin(name: str, n_in: int, n_out: int, bias: bool = True) -> list[ParamTensor]:
-        out = [ParamTensor(f"{i}.{name}.weight", n_in * n_out, i, True)]
-        return out + ([ParamTensor(f"{i}.{name}.bias", n_out, i)] if bias else [])
-
-    def norm(name: str, bias: bool = True) -> list[ParamTensor]:
-        out = [ParamTensor(f"{i}.{name}.weight", h, i)]
-        return out + ([ParamTensor(f"{i}.{name}.bias", h, i)] if bias else [])
-
-    if dims.arch == "bert":
-        return (
-            lin("query", h, h) + lin("key", h, h) + lin("value", h, h) + lin("attn_out", h, h) + norm("ln1")
-            + lin("fc1", h, f) + lin("fc2", f, h) + norm("ln2")
-        )
-    if dims.arch == "gpt2":
-        return norm("ln_1") + lin("c_attn", h, 3 * h) + lin("c_proj", h, h) + norm("ln_2") + lin(
-            "c_fc", h, f
-        ) + lin("mlp_proj", f, h)
-    # llama: no biases, RMSNorm has a weight only
-    return (
-        norm("input_norm", bias=False) + lin("q", h, h, False) + lin("k", h, kv, False) + lin("v", h, kv, False)
-        + lin("o", h, h, False) + norm("post_norm", bias=False) + lin("gate", h, f, False) + lin("up", h, f, False)
-        + lin("down", f, h, False)
-    )
-
-
-def parameter_tensors(dims: ModelDims, task: Task, num_labels: int = 2) -> list[ParamTensor]:
-    """Every trainable tensor of ``AutoModelFor<task>`` built from ``dims``.
-
-    mlm is ``BertForMaskedLM`` (decoder tied to the word embeddings, its bias kept), clm is
-    ``GPT2LMHeadModel`` (tied head) or ``LlamaForCausalLM`` (untied head), classification adds BERT's pooler or
-    a bias-free score layer for decoders.
-
-    Raises:
-        ValueError: mlm on a decoder, or an unknown task.
-
-    Example::
-        count_parameters(MODEL_PRESETS["bert-base"], "mlm")  # 109,514,298 like BertForMaskedLM
-    """
+def _check_task(dims: ModelDims, task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"task {task!r}: choose one of {', '.join(TASKS)}.")
     if task == "mlm" and dims.arch != "bert":
         raise ValueError(
             f"task 'mlm' needs an encoder (bert/roberta), but {dims.name!r} is a {dims.arch} decoder; use --task clm."
         )
-    h, v = dims.hidden, dims.vocab
-    out = [ParamTensor("embed.word", v * h)]
-    if dims.arch == "bert":
-        out += [
-            ParamTensor("embed.position", dims.max_positions * h),
-            ParamTensor("embed.token_type", 2 * h),
-            ParamTensor("embed.ln.weight", h),
-            ParamTensor("embed.ln.bias", h),
-        ]
-    elif dims.arch == "gpt2":
-        out.append(ParamTensor("embed.position", dims.max_positions * h))
-    for i in range(dims.num_layers):
-        out += _block(dims, i)
-    if dims.arch == "gpt2":
-        out += [ParamTensor("ln_f.weight", h), ParamTensor("ln_f.bias", h)]
-    elif dims.arch == "llama":
-        out.append(ParamTensor("norm.weight", h))
 
-    if task == "mlm":
-        out += [
-            ParamTensor("head.transform.weight", h * h, matmul=True),
-            ParamTensor("head.transform.bias", h),
-            ParamTensor("head.ln.weight", h),
-            ParamTensor("head.ln.bias", h),
-            ParamTensor("head.decoder.bias", v),
-        ]
-    elif task == "clm" and dims.arch == "llama":
-        out.append(ParamTensor("lm_head.weight", v * h, matmul=True))
-    elif task == "classification":
-        if dims.arch == "bert":
-            out += [ParamTensor("pooler.weight", h * h, matmul=True), ParamTensor("pooler.bias", h)]
-            out += [ParamTensor("classifier.weight", h * num_labels, matmul=True),
-                    ParamTensor("classifier.bias", num_labels)]
-        else:
-            out.append(ParamTensor("score.weight", h * num_labels, matmul=True))
-    return out
+
+@functools.lru_cache(maxsize=32)
+def _meta_tensors(config_json: str, task: str, num_labels: int) -> tuple[ParamTensor, ...]:
+    import torch
+    import transformers
+
+    from lit_llm.distillation import find_blocks
+    from lit_llm.flops import is_matmul_module
+    from lit_llm.hf import build_config
+
+    spec = json.loads(config_json)
+    overrides: dict[str, Any] = {"num_labels": num_labels} if task == "classification" else {}
+    config = build_config(spec, **overrides)
+    auto = getattr(transformers, _AUTO_CLASSES[task])
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            model = auto.from_config(config)
+    except ValueError as err:
+        raise ValueError(
+            f"model_type {spec.get('model_type')!r} has no {_AUTO_CLASSES[task]} in transformers "
+            f"{transformers.__version__} ({err}); choose another --task."
+        ) from None
+    blocks_name, blocks = find_blocks(model)
+    matmul = {id(m.weight): type(m).__name__ == "Conv1D" for m in model.modules() if is_matmul_module(m)}
+    base = getattr(model, "base_model_prefix", "")
+    out = []
+    for name, param in model.named_parameters():  # tied tensors once
+        layer = -1
+        if name.startswith(blocks_name + "."):
+            layer = int(name[len(blocks_name) + 1:].split(".", 1)[0])
+        shape = tuple(param.shape)
+        if id(param) in matmul and len(shape) == 2:
+            shape = shape if matmul[id(param)] else (shape[1], shape[0])  # Linear stores (out, in)
+        out.append(ParamTensor(name, param.numel(), layer, id(param) in matmul, shape,
+                               head=bool(base) and not name.startswith(base + ".")))
+    return tuple(out)
+
+
+def parameter_tensors(dims: ModelDims, task: Task, num_labels: int = 2) -> list[ParamTensor]:
+    """Every trainable tensor of ``AutoModelFor<task>`` built from the model's config on the meta device.
+
+    mlm is ``AutoModelForMaskedLM`` (BERT's decoder tied to the word embeddings), clm ``AutoModelForCausalLM``,
+    classification ``AutoModelForSequenceClassification`` with ``num_labels``. Presets and explicit dimensions
+    go through the config :meth:`~lit_llm.planning.presets.ModelDims.hf_config_dict` writes for them.
+
+    Raises:
+        ValueError: mlm on a decoder, an unknown task, or a model type without that task's Auto class.
+
+    Example::
+        count_parameters(MODEL_PRESETS["bert-base"], "mlm")  # 109,514,298 like BertForMaskedLM
+    """
+    _check_task(dims, task)
+    return list(_meta_tensors(_config_key(dims), task, num_labels))
+
+
+@functools.lru_cache(maxsize=64)
+def _config_key(dims: ModelDims) -> str:
+    return json.dumps(dims.hf_config_dict(), sort_keys=True)
 
 
 def count_parameters(dims: ModelDims, task: Task, num_labels: int = 2) -> int:
@@ -122,9 +129,24 @@ def matmul_parameters(dims: ModelDims, task: Task, num_labels: int = 2) -> int:
     """Parameters that take part in a matmul per token, the ``N`` of the ``6N`` FLOPs rule.
 
     The LM head multiplies by the (tied) vocabulary matrix, so ``V*h`` counts for mlm/clm even when it is the
-    word embedding; embedding lookups are free.
+    word embedding; embedding lookups alone are free.
     """
-    n = sum(t.numel for t in parameter_tensors(dims, task, num_labels) if t.matmul)
-    if task in ("mlm", "clm") and dims.arch != "llama":
-        n += dims.vocab * dims.hidden  # tied decoder: counted once as a parameter, but used as a matmul
-    return n
+    return sum(t.numel for t in parameter_tensors(dims, task, num_labels) if t.matmul)
+
+
+def lora_targets(tensors: list[ParamTensor]) -> list[ParamTensor]:
+    """The weights LoRA adapts: every matmul weight inside the transformer blocks (QLoRA's choice)."""
+    return [t for t in tensors if t.matmul and t.layer >= 0]
+
+
+def lora_parameters(dims: ModelDims, task: Task, rank: int, num_labels: int = 2) -> int:
+    """Trainable parameters under LoRA of ``rank``: ``r * (n_in + n_out)`` per adapted weight, plus the task head
+    for classification (trained in full, as peft's ``modules_to_save`` does for a classifier).
+
+    Example::
+        lora_parameters(MODEL_PRESETS["llama-7b"], "clm", rank=8)  # 19,988,480: 0.3% of 6.7B
+    """
+    tensors = parameter_tensors(dims, task, num_labels)
+    adapters = sum(rank * sum(t.shape) for t in lora_targets(tensors))
+    head = sum(t.numel for t in tensors if t.head) if task == "classification" else 0
+    return adapters + head

@@ -11,13 +11,14 @@ Example::
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from lit_llm.planning.choice import PRECISIONS, STRATEGIES, PlanChoice, Precision, Strategy
+from lit_llm.planning.choice import ADAPTERS, PRECISIONS, STRATEGIES, Adapter, PlanChoice, Precision, Strategy
 from lit_llm.planning.memory import Attention, MemoryEstimate, estimate_memory
-from lit_llm.planning.params import TASKS, Task, parameter_tensors
+from lit_llm.planning.params import TASKS, Task, lora_parameters, parameter_tensors
 from lit_llm.planning.presets import GIB, HardwareSpec, ModelDims
 from lit_llm.planning.throughput import StepTime, estimate_step_time
 
@@ -52,6 +53,10 @@ class PlanRequest:
         attention: ``flash`` (SDPA / FlashAttention) or ``eager``.
         num_labels: classes, for classification.
         model_spec: how the emitted config names the model (a directory, hub id, or a config dict).
+        adapter: ``lora`` or ``qlora`` to plan parameter-efficient fine-tuning, ``none`` for full training;
+            default (None): recommend full training and show the best LoRA and QLoRA plans beside it (for clm
+            and classification: fine-tuning tasks).
+        lora_rank: the LoRA rank of adapter plans.
 
     Raises:
         ValueError: every contradiction found, in one message (e.g. ``tokens`` and ``steps`` both, a global batch
@@ -74,6 +79,8 @@ class PlanRequest:
     attention: Attention = "flash"
     num_labels: int = 2
     model_spec: Any = field(default=None, compare=False)
+    adapter: str | None = None
+    lora_rank: int = 8
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -123,6 +130,13 @@ class PlanRequest:
                                 "needs --nodes >= 2 (use fsdp-full on one node)")
         if self.attention not in ("flash", "eager"):
             problems.append(f"attention {self.attention!r}: choose flash or eager")
+        if self.adapter is not None and self.adapter not in ADAPTERS:
+            problems.append(f"adapter {self.adapter!r}: choose one of {', '.join(ADAPTERS)}")
+        elif self.adapter in ("lora", "qlora") and self.task == "mlm":
+            problems.append(f"adapter {self.adapter!r} with task 'mlm': LoRA fine-tunes a pre-trained model, while "
+                            "mlm pre-trains every weight; use --task clm or classification, or --adapter none")
+        if self.lora_rank < 1:
+            problems.append(f"lora_rank={self.lora_rank!r} must be >= 1")
         if problems:
             raise ValueError("contradictory or invalid plan request: " + "; ".join(problems) + ".")
 
@@ -150,10 +164,13 @@ class Candidate:
     tight: bool
     tokens_per_s: float
     total_s: float | None
+    trainable: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "label": self.choice.label,
+            "adapter": self.choice.adapter,
+            "trainable_parameters": self.trainable,
             "strategy": self.choice.strategy,
             "precision": self.choice.precision,
             "checkpointing": self.choice.checkpointing,
@@ -181,6 +198,7 @@ class PlanReport:
     candidates: list[Candidate]
     best: Candidate
     reasons: list[str]
+    alternatives: list[Candidate] = field(default_factory=list)  # the best LoRA / QLoRA plans that fit
 
     def as_dict(self) -> dict[str, Any]:
         req = self.request
@@ -191,6 +209,7 @@ class PlanReport:
             "parameters": sum(t.numel for t in _tensors(req.model, req.task, req.num_labels)),
             "recommendation": self.best.as_dict(), "reasons": self.reasons,
             "candidates": [c.as_dict() for c in self.candidates],
+            "alternatives": [c.as_dict() for c in self.alternatives],
         }
 
 
@@ -213,34 +232,43 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _adapters(req: PlanRequest) -> list[Adapter]:
+    if req.adapter is not None:
+        return [cast(Adapter, req.adapter)]  # checked against ADAPTERS in PlanRequest.__post_init__
+    return ["none"] if req.task == "mlm" else ["none", "lora", "qlora"]
+
+
+def _strategies(req: PlanRequest) -> list[Strategy]:
+    # req.strategy was checked against STRATEGIES in PlanRequest.__post_init__.
+    if req.strategy:
+        return [cast(Strategy, req.strategy)]
+    strategies: list[Strategy] = ["ddp"]
+    if req.hardware.is_gpu:
+        strategies += ["fsdp-full", "fsdp-grad-op"] if req.world_size > 1 else ["fsdp-full"]  # 1 device: offload
+        strategies += ["fsdp-hybrid"] if req.nodes > 1 else []
+    return strategies
+
+
 def _choices(req: PlanRequest) -> list[PlanChoice]:
     world, hw = req.world_size, req.hardware
-    # req.strategy / req.precision were checked against STRATEGIES / PRECISIONS in PlanRequest.__post_init__.
-    strategies: list[Strategy]
-    if req.strategy:
-        strategies = [cast(Strategy, req.strategy)]
-    else:
-        strategies = ["ddp"]
-        if hw.is_gpu:
-            strategies += ["fsdp-full", "fsdp-grad-op"] if world > 1 else ["fsdp-full"]  # 1 device: for offload
-            strategies += ["fsdp-hybrid"] if req.nodes > 1 else []
     precisions = [cast(Precision, req.precision)] if req.precision else _precisions(hw)
     per_device = req.global_batch // world
     micros = [req.micro_batch] if req.micro_batch else _divisors(per_device)
     out = []
-    for strategy in strategies:
-        offloads = [False, True] if strategy.startswith("fsdp") and req.allow_offload and hw.is_gpu else [False]
-        for precision in precisions:
-            for ckpt in (False, True):
-                for adam8 in (False, True):
-                    for offload in offloads:
-                        if offload and adam8:
-                            continue  # bitsandbytes' optimizer wants device tensors; offload runs AdamW on the host
-                        if strategy == "fsdp-full" and world == 1 and not offload:
-                            continue  # one device has nothing to shard
-                        for mb in micros:
-                            out.append(PlanChoice(strategy, precision, ckpt, adam8, offload, mb, per_device // mb,
-                                                  world, req.devices))
+    for adapter in _adapters(req):
+        full = adapter == "none"  # adapters hold little state: 8-bit AdamW and offload buy them nothing
+        for strategy in _strategies(req):
+            offloads = [False, True] if (full and strategy.startswith("fsdp") and req.allow_offload and hw.is_gpu) \
+                else [False]
+            for precision, ckpt, adam8, offload, mb in itertools.product(
+                precisions, (False, True), (False, True) if full else (False,), offloads, micros
+            ):
+                if offload and adam8:
+                    continue  # bitsandbytes' optimizer wants device tensors; offload runs AdamW on the host
+                if strategy == "fsdp-full" and world == 1 and not offload:
+                    continue  # one device has nothing to shard
+                out.append(PlanChoice(strategy, precision, ckpt, adam8, offload, mb, per_device // mb, world,
+                                      req.devices, adapter, req.lora_rank))
     return out
 
 
@@ -248,6 +276,9 @@ def evaluate_candidates(req: PlanRequest) -> list[Candidate]:
     """Every candidate of ``req`` with its memory and time estimates, unsorted."""
     budget = req.hardware.memory_gib * GIB
     steps = req.total_steps
+    n_params = sum(t.numel for t in _tensors(req.model, req.task, req.num_labels))
+    trainable = {a: n_params if a == "none" else lora_parameters(req.model, req.task, req.lora_rank, req.num_labels)
+                 for a in _adapters(req)}
     out = []
     for choice in _choices(req):
         mem = estimate_memory(req.model, req.task, choice, req.seq_len, req.hardware, req.attention, req.num_labels)
@@ -256,7 +287,8 @@ def evaluate_candidates(req: PlanRequest) -> list[Candidate]:
         fits = mem.peak <= budget and host_ok
         tokens_per_s = req.global_batch * req.seq_len / t.step_s
         total = steps * t.step_s if steps is not None else None
-        out.append(Candidate(choice, mem, t, fits, mem.peak > _TIGHT * budget, tokens_per_s, total))
+        out.append(Candidate(choice, mem, t, fits, mem.peak > _TIGHT * budget, tokens_per_s, total,
+                             trainable[choice.adapter]))
     return out
 
 
@@ -268,28 +300,37 @@ def _score(c: Candidate) -> float:
 def make_plan(req: PlanRequest) -> PlanReport:
     """Estimate every candidate and recommend the fastest that fits, preferring simpler plans on near-ties.
 
+    Full training is recommended unless ``req.adapter`` asks for LoRA / QLoRA: adapters change what is trained
+    (and so the accuracy), which no speed-up decides for the user; the best LoRA and QLoRA plans that fit are
+    returned as ``alternatives`` with their memory.
+
     Raises:
         NothingFitsError: no candidate fits; the message says what would (more devices, offload, a smaller
-            micro-batch, a shorter sequence).
+            micro-batch, a shorter sequence, LoRA / QLoRA).
 
     Example::
         report = make_plan(PlanRequest(resolve_model("gpt2"), "clm", 1024, 64, resolve_hardware("A10"), devices=4))
     """
     candidates = evaluate_candidates(req)
-    fitting = sorted((c for c in candidates if c.fits), key=_score)
+    wanted = req.adapter or "none"
+    primary = [c for c in candidates if c.choice.adapter == wanted]
+    fitting = sorted((c for c in primary if c.fits), key=_score)
     if not fitting:
-        raise NothingFitsError(_nothing_fits_message(req, candidates))
-    rest = sorted((c for c in candidates if not c.fits), key=lambda c: c.memory.peak)
+        raise NothingFitsError(_nothing_fits_message(req, primary, candidates))
+    rest = sorted((c for c in primary if not c.fits), key=lambda c: c.memory.peak)
+    alternatives = [alt for a in ("lora", "qlora") if a != wanted
+                    for alt in [_best_where(candidates, adapter=a)] if alt is not None]
     best = fitting[0]
-    return PlanReport(req, fitting + rest, best, _reasons(req, best, candidates))
+    return PlanReport(req, fitting + rest, best, _reasons(req, best, primary, alternatives), alternatives)
 
 
 def _fits_any(req: PlanRequest) -> Candidate | None:
-    fitting = [c for c in evaluate_candidates(req) if c.fits]
+    # only the kind of training asked for (full unless an adapter is named): alternatives are not searched here
+    fitting = [c for c in evaluate_candidates(replace(req, adapter=req.adapter or "none")) if c.fits]
     return min(fitting, key=_score) if fitting else None
 
 
-def _nothing_fits_message(req: PlanRequest, candidates: list[Candidate]) -> str:
+def _nothing_fits_message(req: PlanRequest, candidates: list[Candidate], everything: list[Candidate]) -> str:
     smallest = min(candidates, key=lambda c: c.memory.peak)
     hw = req.hardware
     head = (
@@ -327,6 +368,12 @@ def _nothing_fits_message(req: PlanRequest, candidates: list[Candidate]) -> str:
             ideas.append(f"a shorter sequence: --seq_len {seq} ({short.memory.peak / GIB:.1f} GiB)")
             break
         seq //= 2
+    for adapter, name in (("lora", "LoRA"), ("qlora", "QLoRA")):
+        alt = _best_where(everything, adapter=adapter) if req.adapter is None else None
+        if alt is not None:
+            ideas.append(f"{name} fine-tuning (--adapter {adapter}): {alt.choice.label}, "
+                         f"{alt.memory.peak / GIB:.1f} GiB, {alt.trainable:,} trainable parameters")
+            break
     if not hw.is_gpu:
         ideas.append("a machine with more memory (--memory_gb)")
     if not ideas:
@@ -346,7 +393,24 @@ def _best_where(candidates: list[Candidate], **want: Any) -> Candidate | None:
     return min(pool, key=_score) if pool else None
 
 
-def _reasons(req: PlanRequest, best: Candidate, everything: list[Candidate]) -> list[str]:
+def _adapter_reasons(req: PlanRequest, best: Candidate, alternatives: list[Candidate]) -> list[str]:
+    n_params = sum(t.numel for t in _tensors(req.model, req.task, req.num_labels))
+    out = []
+    if best.choice.adapter != "none":
+        base = "4-bit NF4" if best.choice.adapter == "qlora" else ("bf16" if best.choice.mixed else "fp32")
+        out.append(f"{best.choice.adapter} r{best.choice.lora_rank}: {best.trainable:,} trainable parameters "
+                   f"({best.trainable / n_params:.2%} of {n_params:,}); frozen base in {base}; gradients and "
+                   "optimizer states for the adapters only")
+    if alternatives:
+        names = " and ".join(alt.choice.adapter for alt in alternatives)
+        out.append(f"full training recommended: {names} would train adapters instead of every weight (a change of "
+                   "method, not of speed alone), so they are listed as alternatives, not chosen")
+    return out
+
+
+def _reasons(
+    req: PlanRequest, best: Candidate, everything: list[Candidate], alternatives: list[Candidate]
+) -> list[str]:
     c, hw = best.choice, req.hardware
     out = [
         f"fits: peak {best.memory.peak / GIB:.1f} GiB of {hw.memory_gib:g} GiB per device "
@@ -367,6 +431,8 @@ def _reasons(req: PlanRequest, best: Candidate, everything: list[Candidate]) -> 
     ):
         if attr == "offload" and not (hw.is_gpu and req.allow_offload):
             continue  # never a candidate: CPU training, or --no_offload
+        if attr != "checkpointing" and c.adapter != "none":
+            continue  # never a candidate with adapters: their state is small
         other = _best_where(everything, **{attr: not getattr(c, attr)})
         if getattr(c, attr):
             alt = f"without it the best plan is {other.time.step_s / best.time.step_s:.2f}x slower" if other else \
@@ -382,6 +448,7 @@ def _reasons(req: PlanRequest, best: Candidate, everything: list[Candidate]) -> 
                    f"{hw.peak_tflops['32']:g} TFLOP/s in fp32 on {hw.name}")
     out.append(f"micro-batch {c.micro_batch} x accumulation {c.accumulation} x {req.world_size} device(s) = global "
                f"batch {req.global_batch}")
+    out += _adapter_reasons(req, best, alternatives)
     t = best.time
     line = (f"~{t.step_s:.3g} s/step ({t.compute_s:.3g} compute, {t.comm_s:.3g} exposed communication of "
             f"{t.comm_bytes / 1e9:.3g} GB), {best.tokens_per_s:,.0f} tokens/s")

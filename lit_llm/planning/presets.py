@@ -1,12 +1,15 @@
 """Model dimensions and hardware specs the planner reasons on: built-in presets, HF configs, explicit numbers.
 
-The planner never builds a model: a :class:`ModelDims` is the handful of numbers that set memory and FLOPs,
-and a :class:`HardwareSpec` the handful that set what fits and how fast it runs.
+The planner builds no trainable model: a :class:`ModelDims` is the handful of numbers that set activations and
+FLOPs plus the HF config the parameter tensors are read from (on the meta device, see
+:mod:`lit_llm.planning.params`), and a :class:`HardwareSpec` the handful that set what fits and how fast it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +24,7 @@ __all__ = [
     "resolve_model",
     "resolve_hardware",
     "dims_from_hf_config",
+    "hardware_for_device",
 ]
 
 GIB = 1024**3
@@ -48,6 +52,8 @@ class ModelDims:
         attention_dropout: dropout on attention probabilities.
         model_type: the HF ``model_type`` (default: ``arch``), for the emitted config.
         hub_id: where a preset's weights live on the hub, for the emitted config.
+        config_json: the model's own HF config (JSON text with ``model_type``) when it was read from one; the
+            parameter tensors are built from it. Without it, :meth:`hf_config_dict` writes one from the numbers.
 
     Raises:
         ValueError: a non-positive size, or ``hidden`` not divisible by ``heads``.
@@ -70,6 +76,7 @@ class ModelDims:
     attention_dropout: float = 0.1
     model_type: str | None = None
     hub_id: str | None = field(default=None, compare=False)
+    config_json: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
@@ -92,6 +99,30 @@ class ModelDims:
 
     def replace(self, **changes: Any) -> ModelDims:
         return dataclasses.replace(self, **changes)
+
+    def hf_config_dict(self) -> dict[str, Any]:
+        """The HF config (a dict with ``model_type``, as :func:`lit_llm.hf.build_config` reads it).
+
+        The model's own config when it was read from one, else one written from these numbers.
+
+        Example::
+            MODEL_PRESETS["gpt2"].hf_config_dict()["n_layer"]  # 12
+        """
+        if self.config_json is not None:
+            return dict(json.loads(self.config_json))
+        if self.arch == "gpt2":
+            return {"model_type": "gpt2", "n_layer": self.num_layers, "n_embd": self.hidden, "n_head": self.heads,
+                    "n_inner": self.ffn, "vocab_size": self.vocab, "n_positions": self.max_positions}
+        spec: dict[str, Any] = {
+            "model_type": self.model_type or self.arch, "num_hidden_layers": self.num_layers,
+            "hidden_size": self.hidden, "num_attention_heads": self.heads, "intermediate_size": self.ffn,
+            "vocab_size": self.vocab,
+        }
+        if self.arch == "llama":
+            spec["num_key_value_heads"] = self.kv_heads or self.heads
+        else:
+            spec["max_position_embeddings"] = self.max_positions
+        return spec
 
 
 @dataclass(frozen=True)
@@ -179,11 +210,11 @@ MODEL_PRESETS: dict[str, ModelDims] = {
 # marketing bidirectional totals.
 HARDWARE_PRESETS: dict[str, HardwareSpec] = {
     "cpu": HardwareSpec(
-        "cpu", 32.0, {"32": 1.0, "bf16": 0.5}, mfu=0.5, intra_node_gbps=10.0, inter_node_gbps=1.25,
+        "cpu", 32.0, {"32": 1.0, "bf16": 0.01}, mfu=0.5, intra_node_gbps=10.0, inter_node_gbps=1.25,
         host_memory_gib=32.0, pcie_gbps=0.0, op_overhead_us=15.0, memory_gbps=10.0, context_gib=0.0,
         is_gpu=False,
-        notes="peak and bandwidth are placeholders (pass --peak_tflops_fp32, scripts/measure_planner.py measures "
-        "them); bf16 is taken at half the fp32 rate (no AMX)",
+        notes="peak and bandwidth are placeholders (lit-llm plan --hardware cpu --calibrate measures this CPU's); "
+        "bf16 is taken at 1/100 of fp32, as measured on a CPU without bf16 hardware (AVX2 only)",
     ),
     "T4": HardwareSpec(
         "T4", 15.0, {"32": 8.1, "16": 65.0}, mfu=0.3, intra_node_gbps=10.0, inter_node_gbps=6.0,
@@ -216,56 +247,100 @@ def _unknown(kind: str, name: str, known: dict[str, Any], hint: str) -> ValueErr
     return ValueError(f"unknown {kind} preset {name!r}; presets: {', '.join(known)}. {hint}")
 
 
+def _config_int(config: Any, *keys: str, default: int | None = None) -> int:
+    from lit_llm.flops import config_int
+
+    value = config_int(config, *keys)
+    if value is None:
+        if default is not None:
+            return default
+        raise ValueError(
+            f"model_type {getattr(config, 'model_type', None)!r}: its config has none of {', '.join(keys)}; the "
+            "planner needs them. Give explicit dimensions (--layers --hidden --heads --vocab) instead."
+        )
+    return value
+
+
+def _arch(config: Any) -> Arch:
+    """The activation model a config follows: RMSNorm decoders (Llama, Mistral, Qwen2, Gemma, ...) as ``llama``,
+    encoders with a masked-LM head as ``bert``, other decoders (GPT-2, OPT, GPT-Neo, ...) as ``gpt2``."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if hasattr(config, "rms_norm_eps"):
+        return "llama"
+    return "bert" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "gpt2"
+
+
 def dims_from_hf_config(config: Any, name: str | None = None) -> ModelDims:
-    """Map a ``transformers`` config (BERT/RoBERTa/ELECTRA, GPT-2, Llama/Mistral/Qwen2) to :class:`ModelDims`.
+    """Read :class:`ModelDims` from any ``transformers`` config; its parameters come from the config itself.
+
+    Sizes are read under their usual aliases (``hidden_size`` / ``n_embd`` / ``d_model``, ...); the config is kept
+    (``config_json``) so that :func:`~lit_llm.planning.params.parameter_tensors` builds the model on the meta
+    device and counts its real tensors, whatever the architecture.
 
     Raises:
-        ValueError: a ``model_type`` the planner has no memory model for.
+        ValueError: a config without a layer count, width, head count or vocabulary size.
 
     Example::
         dims = dims_from_hf_config(AutoConfig.from_pretrained("path/to/model"))
     """
     model_type = getattr(config, "model_type", None)
     label = name or getattr(config, "name_or_path", "") or str(model_type)
-    if model_type in ("bert", "roberta", "electra", "xlm-roberta", "camembert"):
-        return ModelDims(
-            label, "bert", config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
-            config.intermediate_size, config.vocab_size, config.max_position_embeddings,
-            activation=str(config.hidden_act), dropout=float(config.hidden_dropout_prob),
-            attention_dropout=float(config.attention_probs_dropout_prob), model_type=model_type,
-        )
-    if model_type == "gpt2":
-        return ModelDims(
-            label, "gpt2", config.n_layer, config.n_embd, config.n_head, config.n_inner or 4 * config.n_embd,
-            config.vocab_size, config.n_positions, activation=str(config.activation_function),
-            dropout=float(config.resid_pdrop), attention_dropout=float(config.attn_pdrop), model_type=model_type,
-        )
-    if model_type in ("llama", "mistral", "qwen2"):
-        return ModelDims(
-            label, "llama", config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
-            config.intermediate_size, config.vocab_size, 0, kv_heads=config.num_key_value_heads,
-            activation=str(config.hidden_act), dropout=0.0, attention_dropout=float(config.attention_dropout),
-            model_type=model_type,
-        )
-    raise ValueError(
-        f"model_type {model_type!r} ({label}) has no memory model in the planner; supported: bert, roberta, "
-        "electra, gpt2, llama, mistral, qwen2. Give explicit dimensions (--layers --hidden --heads --vocab) instead."
+    hidden = _config_int(config, "hidden_size", "n_embd", "d_model")
+    heads = _config_int(config, "num_attention_heads", "n_head", "num_heads")
+    arch = _arch(config)
+    dropout = getattr(config, "hidden_dropout_prob", getattr(config, "resid_pdrop", getattr(config, "dropout", 0.0)))
+    attention_dropout = getattr(config, "attention_probs_dropout_prob",
+                                getattr(config, "attn_pdrop", getattr(config, "attention_dropout", 0.0)))
+    activation = getattr(config, "hidden_act", getattr(config, "activation_function", "gelu"))
+    return ModelDims(
+        label, arch, _config_int(config, "num_hidden_layers", "n_layer", "num_layers"), hidden, heads,
+        _config_int(config, "intermediate_size", "n_inner", "ffn_dim", "d_ff", default=4 * hidden),
+        _config_int(config, "vocab_size"),
+        0 if arch == "llama" else _config_int(config, "max_position_embeddings", "n_positions", default=0),
+        kv_heads=_config_int(config, "num_key_value_heads", default=heads),
+        activation=str(activation), dropout=float(dropout or 0.0), attention_dropout=float(attention_dropout or 0.0),
+        model_type=model_type, config_json=config.to_json_string(use_diff=False),
     )
 
 
+def _read_config_file(path: Path) -> Any:
+    from lit_llm.hf import build_config
+
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"model config {str(path)!r} is not readable JSON ({err}); give the config.json that "
+                         "save_pretrained() writes.") from None
+    if not isinstance(spec, dict) or "model_type" not in spec:
+        raise ValueError(f"model config {str(path)!r} has no 'model_type' key: give the config.json that "
+                         "save_pretrained() writes (it names the architecture).")
+    try:
+        return build_config(spec)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"model config {str(path)!r}: transformers cannot build it ({err}).") from None
+
+
 def resolve_model(spec: str | ModelDims) -> ModelDims:
-    """A preset name, an HF config directory or hub id (read with ``AutoConfig``), or dims as they are.
+    """A preset name, an HF model directory, a ``config.json`` file or a hub id, or dims as they are.
+
+    Anything ``transformers`` can build works: the parameters are counted from the config itself (see
+    :func:`dims_from_hf_config`).
 
     Raises:
         ValueError: an unknown name that is neither a preset nor a readable config (the message lists presets).
 
     Example::
         resolve_model("bert-base").num_layers  # 12
+        resolve_model("path/to/checkpoint/config.json")
     """
     if isinstance(spec, ModelDims):
         return spec
     if spec in MODEL_PRESETS:
         return MODEL_PRESETS[spec]
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return dims_from_hf_config(_read_config_file(path), name=spec)
     from transformers import AutoConfig
 
     from lit_llm.hf import trust_remote_code
@@ -273,13 +348,30 @@ def resolve_model(spec: str | ModelDims) -> ModelDims:
     try:
         config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code())
     except Exception as err:  # noqa: BLE001 - any failure means "not a config we can read"
-        where = "directory has no readable config.json" if Path(spec).expanduser().is_dir() else "not found"
+        where = "directory has no readable config.json" if path.is_dir() else "not found"
         raise _unknown(
             "model", spec, MODEL_PRESETS,
             f"It is also no HF config ({where}: {type(err).__name__}). Give a preset, a directory saved with "
-            "save_pretrained(), or explicit dimensions.",
+            "save_pretrained(), its config.json, or explicit dimensions.",
         ) from None
     return dims_from_hf_config(config, name=spec)
+
+
+def hardware_for_device(device_name: str) -> HardwareSpec | None:
+    """The preset whose name is in ``device_name`` (``torch.cuda.get_device_name()``), e.g. ``NVIDIA H200``.
+
+    Each ``-``-separated part of a preset's name must appear as a whole word (``A100-80GB`` matches
+    ``NVIDIA A100-SXM4-80GB``; ``A10`` does not match an A100). None when no preset matches.
+
+    Example::
+        hardware_for_device("NVIDIA H200").peak_tflops["bf16"]  # 989.0
+    """
+    name = device_name.lower()
+    for key, spec in sorted(HARDWARE_PRESETS.items(), key=lambda kv: -len(kv[0])):
+        if key != "cpu" and all(re.search(rf"(?<![a-z0-9]){re.escape(part)}(?![a-z0-9])", name)
+                                for part in key.lower().split("-")):
+            return spec
+    return None
 
 
 def resolve_hardware(name: str, **overrides: Any) -> HardwareSpec:

@@ -60,6 +60,12 @@ def render_plan(report: PlanReport, console: Console | None = None, top: int = 1
         console.print(f"({len(report.candidates) - top} more candidates; --json lists them all)")
     if req.hardware.notes:
         console.print(f"[yellow]note:[/] {req.hardware.name}: {req.hardware.notes}")
+    if report.alternatives:
+        console.print("[bold]Parameter-efficient alternatives[/] (adapters trained, base frozen; plan one with "
+                      "--adapter lora or --adapter qlora):")
+        for c in report.alternatives:
+            console.print(f"  - {c.choice.label}: peak {c.memory.peak / GIB:.2f} GiB, {c.trainable:,} trainable "
+                          f"parameters, {c.time.step_s:.3g} s/step, {c.tokens_per_s:,.0f} tokens/s")
     console.print(f"[bold]Recommended:[/] {report.best.choice.label}")
     for reason in report.reasons:
         console.print(f"  - {reason}")

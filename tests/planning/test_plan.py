@@ -120,3 +120,59 @@ def test_contradictory_requests(kwargs, match):
 def test_all_problems_in_one_message():
     with pytest.raises(ValueError, match=r"not both: .*; global batch 7 does not divide over 2 devices"):
         _req(batch=7, devices=2, tokens=10, steps=10)
+
+
+# ------------------------------------------------------------------------------------- any architecture, meta device
+_ANY_ARCH = [
+    # (model_type, config, the activation model it follows)
+    ("opt", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64, vocab_size=120,
+                 max_position_embeddings=64, word_embed_proj_dim=32), "gpt2"),
+    ("deberta-v2", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=120, max_position_embeddings=64), "bert"),
+    ("qwen2", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=64, vocab_size=120), "llama"),
+]
+
+
+@pytest.mark.parametrize(("model_type", "spec", "arch"), _ANY_ARCH)
+def test_any_architecture_is_counted_from_its_own_config(tmp_path, model_type, spec, arch):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from lit_llm.planning import count_parameters
+
+    config = AutoConfig.for_model(model_type, **spec)
+    config.save_pretrained(tmp_path)
+    for given in (str(tmp_path), str(tmp_path / "config.json")):  # a model directory or its config.json
+        dims = resolve_model(given)
+        assert (dims.arch, dims.num_layers, dims.hidden) == (arch, 2, 32)
+        with torch.device("meta"):
+            cls_model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(model_type, **spec,
+                                                                                            num_labels=3))
+        assert count_parameters(dims, "classification", 3) == sum(p.numel() for p in cls_model.parameters())
+    if arch != "bert":
+        with torch.device("meta"):
+            lm = AutoModelForCausalLM.from_config(config)
+        assert count_parameters(dims, "clm") == sum(p.numel() for p in lm.parameters())
+    report = make_plan(PlanRequest(dims, "classification", 32, 8, resolve_hardware("cpu")))
+    assert report.best.fits
+
+
+def test_bad_config_files_name_the_file(tmp_path):
+    no_type = tmp_path / "config.json"
+    no_type.write_text('{"hidden_size": 32}')
+    with pytest.raises(ValueError, match=r"config.json' has no 'model_type' key: give the config.json that"):
+        resolve_model(str(no_type))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ValueError, match=r"broken.json' is not readable JSON"):
+        resolve_model(str(broken))
+
+
+def test_a_task_the_architecture_lacks_is_refused(tmp_path):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("deberta-v2", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, vocab_size=50).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_type 'deberta-v2' has no AutoModelForCausalLM in transformers"):
+        evaluate_candidates(_req(str(tmp_path), "clm", 32, 8, "cpu"))

@@ -47,7 +47,8 @@ class LoRA(Callback):
     (``head``: trained in full). The module's ``training_step`` and ``configure_optimizers`` stay as they are: the
     optimizer must be built from the module's parameters after ``configure_model`` (checked at train start).
 
-    Checkpoints hold only the trainable weights (adapters and head) and the optimizer state; a resume
+    Checkpoints hold only the trainable weights (adapters and head) and the optimizer state (a sharded FSDP2
+    checkpoint keeps the frozen base too: ``torch.distributed.checkpoint`` restores only complete states); a resume
     (``ckpt_path=...``) rebuilds the same base, checks it is the same (a fingerprint kept in the callback state),
     and loads the adapters. At fit end the adapters are merged into the model, which becomes a plain HF model
     again (the module's own export, ``test`` and ``predict`` see it; a later load of this run's adapter checkpoint,
@@ -248,8 +249,20 @@ class LoRA(Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        if self._trainable and "state_dict" in checkpoint:
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self._trainable}
+        if not self._trainable or "state_dict" not in checkpoint:
+            return
+        state = checkpoint["state_dict"]
+        if self._adapted is not None:  # saved after the fit-end merge: the adapters kept aside
+            prefix = f"{self.model_attr}."
+            checkpoint["state_dict"] = {
+                prefix + k: v for k, v in self._adapted.state_dict().items() if prefix + k in self._trainable
+            }
+        elif any(hasattr(v, "full_tensor") for v in state.values()):
+            # A sharded (FSDP2) checkpoint: torch.distributed.checkpoint restores only complete module states, so
+            # it keeps the frozen base too (one shard per rank, written in parallel).
+            return
+        else:
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in self._trainable}
 
     def _register_load_hooks(self, pl_module: pl.LightningModule) -> None:
         if id(pl_module) in self._hooked:

@@ -3,6 +3,12 @@
 For pre-training from scratch: ``TextCorpusDataModule(train_tokenizer="wordpiece")`` calls
 :func:`train_tokenizer` on its training texts and saves the result next to the checkpoints, where
 ``AutoTokenizer.from_pretrained`` (and so ``SequenceClassifier(tokenizer=...)``) reads it back.
+
+Chinese: the WordPiece tokenizer is character-level on Chinese text, as Google's Chinese BERT is. Its
+normalizer puts spaces around every CJK ideograph, so each one is a word of its own and the vocabulary learns
+each character as a token (Latin words and numbers in the same text still get ``##`` pieces). ``nfkc=True``
+also folds full-width forms (``ＷＴＯ１２``, ``，``) into their ASCII forms, so text typed either way shares
+tokens; offsets still point into the original text.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ def train_tokenizer(
     out_dir: str | Path | None = None,
     lowercase: bool = True,
     model_max_length: int = 512,
+    nfkc: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Train a tokenizer on ``texts`` and optionally ``save_pretrained`` it to ``out_dir``.
 
@@ -54,6 +61,8 @@ def train_tokenizer(
         out_dir: where to save it; None keeps it in memory only.
         lowercase: lowercase and strip accents (WordPiece only).
         model_max_length: recorded in the tokenizer config.
+        nfkc: NFKC-normalize before the rest (WordPiece only): full-width letters, digits and punctuation become
+            ASCII, e.g. for Chinese text that mixes both.
 
     Raises:
         ValueError: unknown ``kind`` or ``vocab_size`` too small.
@@ -65,13 +74,16 @@ def train_tokenizer(
 
     if kind not in ("wordpiece", "bpe"):
         raise ValueError(f"train_tokenizer(kind={kind!r}): choose 'wordpiece' (BERT-style) or 'bpe' (GPT-2-style).")
+    if nfkc and kind != "wordpiece":
+        raise ValueError("train_tokenizer(nfkc=True) is for kind='wordpiece'; byte-level BPE reads raw bytes.")
     if vocab_size < 100:
         raise ValueError(f"train_tokenizer(vocab_size={vocab_size!r}): use at least 100 (BERT uses 30522).")
     trainer: trainers.Trainer
     if kind == "wordpiece":
         specials = _WORDPIECE_SPECIALS
         tok = Tokenizer(models.WordPiece(unk_token=specials["unk_token"]))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+        bert = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase, handle_chinese_chars=True)
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), bert]) if nfkc else bert
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(specials.values()))

@@ -7,6 +7,10 @@ so a second run on unchanged files and settings re-uses them. ``streaming=True``
 ``datasets``' streaming primitives: split over DDP ranks at the source (whole files per rank when their number
 divides), shuffled through a buffer with a new order each epoch from ``seed``, and resumed mid-epoch exactly
 (see :class:`~lit_llm.datamodules.resumable.ResumableStreamLoader`).
+
+Text written without spaces (Chinese) gets its ``word_starts`` from a segmenter or from pre-segmented text
+(``word_boundaries``, see :mod:`lit_llm.text.segmentation`), computed in the same cached ``map``, so whole-word
+masking masks whole Chinese words, not single characters.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from __future__ import annotations
 import glob
 import hashlib
 import logging
+import unicodedata
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
@@ -33,15 +38,64 @@ from lit_llm.datamodules.packing import (
     tokenize_documents,
 )
 from lit_llm.datamodules.resumable import ResumableDataLoader, ResumableStreamLoader
+from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import load_tokenizer
+from lit_llm.text.segmentation import WORD_BOUNDARIES, WordBoundaries, parse_tagged, segment, word_starts_for_texts
+from lit_llm.text.sentence_order import make_sop_pairs
 from lit_llm.tokenizer_training import TokenizerKind, train_tokenizer
 
-__all__ = ["TextCorpusDataModule", "StreamingBlocks", "is_val_document", "stream_documents"]
+__all__ = ["TextCorpusDataModule", "StreamingBlocks", "NspNegatives", "is_val_document", "stream_documents",
+           "tokenize_texts"]
 
 log = logging.getLogger(__name__)
 
 _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _HUGE = 1_000_000  # HF's "no limit" model_max_length is ~1e30
+
+NspNegatives = Literal["random", "swapped"]
+NSP_NEGATIVES: tuple[str, ...] = ("random", "swapped")
+
+
+def tokenize_texts(
+    texts: list[Any],
+    tokenizer: Any,
+    max_length: int | None,
+    add_special_tokens: bool,
+    word_boundaries: WordBoundaries = "tokenizer",
+    where: str = "",
+) -> dict[str, list[list[int]]]:
+    """:func:`~lit_llm.datamodules.packing.tokenize_documents`, with ``word_starts`` from ``word_boundaries``.
+
+    ``"tokenizer"`` keeps the tokenizer's own words (English: ``##`` pieces follow their word). ``"jieba"``,
+    ``"tagged"`` and ``"whitespace"`` segment each text (:func:`lit_llm.text.segmentation.segment`; a tagged or
+    whitespace text is read as its words joined back) and flag the first token of each segmented word from the
+    tokenizer's offsets.
+
+    Example::
+        cols = tokenize_texts(["北京/ns 大学/n"], tokenizer, None, True, "tagged")  # the text read is 北京大学
+    """
+    if word_boundaries == "tokenizer":
+        return tokenize_documents(texts, tokenizer, max_length=max_length, add_special_tokens=add_special_tokens)
+    segmented = [segment(t if isinstance(t, str) else "", word_boundaries, where) for t in texts]
+    plain = [text for text, _ in segmented]
+    columns = tokenize_documents(plain, tokenizer, max_length=max_length, add_special_tokens=add_special_tokens)
+    flags = word_starts_for_texts(plain, [spans for _, spans in segmented], tokenizer, max_length=max_length,
+                                  add_special_tokens=add_special_tokens)
+    for i, (ids, doc_flags) in enumerate(zip(columns["input_ids"], flags)):
+        if not ids:  # an empty line: no document
+            continue
+        appended = len(ids) - len(doc_flags)  # tokenize_documents may close a document with a separator
+        if appended not in (0, 1):
+            raise RuntimeError(f"word boundaries of {plain[i][:40]!r} do not align with its tokens (a bug).")
+        columns["word_starts"][i] = doc_flags + [0] * appended
+    return columns
+
+
+def _cjk_share(texts: list[str]) -> float:
+    """Fraction of the non-space characters that are CJK ideographs."""
+    chars = [c for t in texts for c in t if not c.isspace()]
+    cjk = sum(1 for c in chars if unicodedata.name(c, "").startswith("CJK UNIFIED IDEOGRAPH"))
+    return cjk / max(1, len(chars))
 
 
 def _resolve_files(data_files: str | list[str]) -> tuple[str, list[str]]:
@@ -136,12 +190,14 @@ class StreamingBlocks(IterableDataset):
         packing: pack documents into full blocks, or yield each document truncated to ``block_size``.
         shuffled: the documents are shuffled, so :meth:`set_epoch` gives each epoch its own order; False keeps
             every epoch in the stream's order (``datasets`` reorders the shards of any epoch but 0).
+        word_boundaries: where whole-word masking's words come from (see :func:`tokenize_texts`).
     """
 
     def __init__(self, documents: Any, text_field: str, tokenizer: Any, block_size: int, packing: bool,
-                 shuffled: bool = True) -> None:
+                 shuffled: bool = True, word_boundaries: WordBoundaries = "tokenizer") -> None:
         self.documents, self.text_field, self.tokenizer = documents, text_field, tokenizer
         self.block_size, self.packing, self.shuffled = block_size, packing, shuffled
+        self.word_boundaries = word_boundaries
 
     def set_epoch(self, epoch: int) -> None:
         """Order the next pass as epoch ``epoch`` (reaches persistent workers: ``datasets`` shares the epoch)."""
@@ -150,9 +206,9 @@ class StreamingBlocks(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         packer = BlockPacker(self.block_size)
-        for row in self.documents:
-            cols = tokenize_documents([row[self.text_field]], self.tokenizer,
-                                      max_length=None if self.packing else self.block_size)
+        for number, row in enumerate(self.documents):
+            cols = tokenize_texts([row[self.text_field]], self.tokenizer, None if self.packing else self.block_size,
+                                  True, self.word_boundaries, where=f"streamed document {number} of this pass")
             example = {name: values[0] for name, values in cols.items()}
             if not example["input_ids"]:
                 continue
@@ -180,6 +236,17 @@ class TextCorpusDataModule(pl.LightningDataModule):
         packing: concatenate documents with separators into full blocks (no padding), or truncate each
             document to ``block_size`` and pad batches.
         nsp: build sentence pairs for next-sentence prediction (50% real next segment); needs [CLS]/[SEP].
+        nsp_negatives: what a negative pair is, with ``nsp``: ``"random"`` (BERT's next-sentence prediction: B
+            is a random segment of another document half the time) or ``"swapped"`` (ALBERT's sentence-order
+            prediction: A and B are consecutive segments of one document, swapped half the time; label 1 =
+            swapped). See :func:`lit_llm.text.sentence_order.make_sop_pairs`.
+        word_boundaries: where the words of whole-word masking come from (``word_starts``): ``"tokenizer"``
+            (its own words: right for English), ``"jieba"`` (segment raw Chinese text with jieba),
+            ``"tagged"`` (pre-segmented ``word/tag`` text such as People's Daily; the model reads the words
+            joined, tags dropped) or ``"whitespace"`` (pre-segmented words separated by spaces, read joined).
+            Segmentation runs once, in the cached tokenization. See :mod:`lit_llm.text.segmentation`.
+        tokenizer_nfkc: with ``train_tokenizer="wordpiece"``, NFKC-normalize first (full-width ``ＷＴＯ１２``
+            and ``，`` share tokens with their ASCII forms); for Chinese corpora.
         val_fraction: every ``round(1 / val_fraction)``-th document goes to validation (0 for none).
         batch_size: examples per batch (per device).
         num_workers: dataloader worker processes.
@@ -217,6 +284,9 @@ class TextCorpusDataModule(pl.LightningDataModule):
         block_size: int = 128,
         packing: bool = True,
         nsp: bool = False,
+        nsp_negatives: NspNegatives = "random",
+        word_boundaries: WordBoundaries = "tokenizer",
+        tokenizer_nfkc: bool = False,
         val_fraction: float = 0.05,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -246,6 +316,26 @@ class TextCorpusDataModule(pl.LightningDataModule):
             raise ValueError(f"shuffle_buffer={shuffle_buffer!r} must be >= 0 (0 turns the streaming shuffle off).")
         if nsp and streaming:
             raise ValueError("nsp=True needs the whole corpus to draw random segments from; use streaming=False.")
+        if nsp_negatives not in NSP_NEGATIVES:
+            raise InvalidArgumentError(
+                f"nsp_negatives={nsp_negatives!r}: choose 'random' (BERT next-sentence prediction) or 'swapped' "
+                "(ALBERT sentence-order prediction)."
+            )
+        if nsp_negatives != "random" and not nsp:
+            raise InvalidArgumentError(
+                f"nsp_negatives={nsp_negatives!r} is an option of the sentence-pair objective: set nsp=True too."
+            )
+        if word_boundaries not in WORD_BOUNDARIES:
+            raise InvalidArgumentError(
+                f"word_boundaries={word_boundaries!r}: choose one of {list(WORD_BOUNDARIES)} ('tokenizer' for "
+                "English, 'jieba' for raw Chinese text, 'tagged' for word/tag files, 'whitespace' for "
+                "space-separated words)."
+            )
+        if tokenizer_nfkc and train_tokenizer != "wordpiece":
+            raise InvalidArgumentError(
+                f"tokenizer_nfkc=True with train_tokenizer={train_tokenizer!r}: NFKC applies to a WordPiece tokenizer "
+                "trained here (train_tokenizer='wordpiece'); a given tokenizer keeps its own normalizer."
+            )
         # logger=False: Lightning refuses to log when module and datamodule hparams share a key with different
         # values (tokenizer=None vs a path); the CLI logs the whole config instead.
         self.save_hyperparameters(logger=False)
@@ -254,6 +344,8 @@ class TextCorpusDataModule(pl.LightningDataModule):
         self.text_field, self.tokenizer_name, self.train_tokenizer = text_field, tokenizer, train_tokenizer
         self.vocab_size, self.tokenizer_dir = vocab_size, tokenizer_dir
         self.block_size, self.packing, self.nsp, self.val_fraction = block_size, packing, nsp, val_fraction
+        self.nsp_negatives, self.word_boundaries, self.tokenizer_nfkc = nsp_negatives, word_boundaries, tokenizer_nfkc
+        self._tagged_checked = False
         self.batch_size, self.num_workers, self.num_proc = batch_size, num_workers, num_proc
         self.streaming, self.shuffle_buffer, self.cache_dir, self.seed = streaming, shuffle_buffer, cache_dir, seed
         self.tokenizer: Any = None
@@ -303,11 +395,38 @@ class TextCorpusDataModule(pl.LightningDataModule):
     def _texts(self, raw: Any) -> Iterator[str]:
         """The training texts, by the same split rule as the training data (index in memory, hash when streaming)."""
         every = round(1 / self.val_fraction) if self.val_fraction > 0 else 0
+        joined = self.word_boundaries in ("tagged", "whitespace")  # the model reads the words joined
         for index, row in enumerate(raw):
             text = row[self.text_field]
             is_val = is_val_document(text, every) if self.streaming and text else self._is_val(index)
             if not is_val and text:
-                yield text
+                yield segment(text, self.word_boundaries)[0] if joined else text
+
+    def _check_tagged(self, raw: Any) -> None:
+        """Parse every ``word/tag`` line before tokenizing, so a malformed pair is reported with its file and line."""
+        if self.word_boundaries != "tagged" or self._tagged_checked:
+            return
+        files = _resolve_files(self.data_files)[1] if self.data_files is not None else []
+        if files and all(Path(f).suffix.lower() in (".txt", ".text") for f in files):
+            for path in files:
+                with open(path, encoding="utf-8") as f:
+                    for number, line in enumerate(f, start=1):
+                        parse_tagged(line, f"{path}: line {number}")
+        else:
+            for index, text in enumerate(raw[self.text_field]):
+                parse_tagged(text or "", f"{self._describe()}: document {index} (0-based)")
+        self._tagged_checked = True
+
+    def _warn_if_chinese_without_segmenter(self, raw: Any) -> None:
+        if self.word_boundaries != "tokenizer":
+            return
+        sample = [t for t in raw.select(range(min(200, len(raw))))[self.text_field] if isinstance(t, str)]
+        if _cjk_share(sample) > 0.3:
+            rank_zero_warn(
+                f"the corpus {self._describe()} is mostly Chinese and word_boundaries='tokenizer': its words are "
+                "single characters, so whole-word masking masks characters. Set word_boundaries='jieba' (raw "
+                "text), 'tagged' or 'whitespace' (pre-segmented text) to mask whole words."
+            )
 
     # -- Lightning hooks -------------------------------------------------------------------------------------
     @override
@@ -329,8 +448,10 @@ class TextCorpusDataModule(pl.LightningDataModule):
             elif train and self.train_tokenizer is not None:
                 raw = self._load_raw(streaming=self.streaming)
                 rank_zero_info(f"Training a {self.train_tokenizer} tokenizer (vocab {self.vocab_size}) into {out}")
-                self.tokenizer = train_tokenizer(self._texts(raw), self.train_tokenizer, self.vocab_size, out,
-                                                 model_max_length=max(512, self.block_size))
+                train_tokenizer(self._texts(raw), self.train_tokenizer, self.vocab_size, out,
+                                model_max_length=max(512, self.block_size), nfkc=self.tokenizer_nfkc)
+                # Read back as every later run will, so this run's tokenization cache has their fingerprint.
+                self.tokenizer = load_tokenizer(str(out))
             else:
                 raise FileNotFoundError(f"no trained tokenizer in {str(out)!r}; call prepare_data() first.")
         if not getattr(self.tokenizer, "is_fast", False):
@@ -345,14 +466,16 @@ class TextCorpusDataModule(pl.LightningDataModule):
     def _tokenized(self, raw: Any) -> dict[str, Any]:
         """Tokenize, split and pack; cached by ``datasets`` fingerprints."""
         tok = self.tokenizer
+        self._check_tagged(raw)
         # A module-level function plus fn_kwargs (not a closure over self) keeps the datasets fingerprint
         # stable across runs, which is what lets the second run re-use the cache files.
         tokenized = raw.map(
             _tokenize_column, batched=True, num_proc=self.num_proc, remove_columns=[self.text_field],
             fn_kwargs={"field": self.text_field, "tokenizer": tok,
                        "max_length": None if (self.packing or self.nsp) else self.block_size,
-                       "add_special_tokens": not self.nsp},
-            desc="Tokenizing",
+                       "add_special_tokens": not self.nsp, "word_boundaries": self.word_boundaries},
+            desc="Tokenizing" if self.word_boundaries == "tokenizer" else f"Segmenting ({self.word_boundaries})"
+                 " and tokenizing",
         )
         splits = {"train": [i for i in range(len(tokenized)) if not self._is_val(i)],
                   "val": [i for i in range(len(tokenized)) if self._is_val(i)]}
@@ -363,7 +486,8 @@ class TextCorpusDataModule(pl.LightningDataModule):
             part = tokenized.select(indices).filter(lambda ids: len(ids) > 0, input_columns="input_ids",
                                                     num_proc=self.num_proc, desc=f"Dropping empty ({name})")
             if self.nsp:
-                part = part.map(make_nsp_pairs, batched=True, num_proc=self.num_proc,
+                pairs = make_sop_pairs if self.nsp_negatives == "swapped" else make_nsp_pairs
+                part = part.map(pairs, batched=True, num_proc=self.num_proc,
                                 fn_kwargs={"tokenizer": tok, "block_size": self.block_size, "seed": self.seed},
                                 remove_columns=part.column_names, desc=f"Sentence pairs ({name})")
             elif self.packing:
@@ -380,7 +504,9 @@ class TextCorpusDataModule(pl.LightningDataModule):
         if self.streaming:
             self._setup_streaming()
             return
-        parts = self._tokenized(self._load_raw(streaming=False))
+        raw = self._load_raw(streaming=False)
+        self._warn_if_chinese_without_segmenter(raw)
+        parts = self._tokenized(raw)
         train = parts.get("train")
         n_docs = 0 if train is None else len(train)
         if train is None or n_docs == 0:
@@ -403,11 +529,11 @@ class TextCorpusDataModule(pl.LightningDataModule):
         common: dict[str, Any] = dict(rank=rank, world_size=world, seed=self.seed, val_every=every)
         train = stream_documents(raw, self.text_field, shuffle_buffer=self.shuffle_buffer, **common)
         self.train_dataset = StreamingBlocks(train, self.text_field, self.tokenizer, self.block_size, self.packing,
-                                             shuffled=self.shuffle_buffer > 0)
+                                             shuffled=self.shuffle_buffer > 0, word_boundaries=self.word_boundaries)
         if every:
             val = stream_documents(raw, self.text_field, val=True, **common)
             self.val_dataset = StreamingBlocks(val, self.text_field, self.tokenizer, self.block_size, self.packing,
-                                               shuffled=False)
+                                               shuffled=False, word_boundaries=self.word_boundaries)
 
     def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
         collate = partial(collate_blocks, pad_token_id=self.tokenizer.pad_token_id or 0)
@@ -439,5 +565,6 @@ class TextCorpusDataModule(pl.LightningDataModule):
 
 
 def _tokenize_column(batch: dict[str, list[Any]], field: str, tokenizer: Any, max_length: int | None,
-                     add_special_tokens: bool) -> dict[str, list[list[int]]]:
-    return tokenize_documents(batch[field], tokenizer, max_length=max_length, add_special_tokens=add_special_tokens)
+                     add_special_tokens: bool, word_boundaries: WordBoundaries = "tokenizer"
+                     ) -> dict[str, list[list[int]]]:
+    return tokenize_texts(batch[field], tokenizer, max_length, add_special_tokens, word_boundaries)

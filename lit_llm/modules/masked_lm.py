@@ -1,9 +1,10 @@
-"""``MaskedLanguageModel``: BERT-style masked-LM pre-training (optionally with next-sentence prediction)."""
+"""``MaskedLanguageModel``: BERT-style masked-LM pre-training (optionally with next-sentence or sentence-order
+prediction)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import lightning.pytorch as pl
 import torch
@@ -13,6 +14,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, PreTrain
 from typing_extensions import override
 
 from lit_llm.distillation import mark_distillation_targets
+from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer
 from lit_llm.modules.best_checkpoint import export_best, output_dir
 from lit_llm.masking import mask_tokens
@@ -218,6 +220,11 @@ class MaskedLanguageModel(LanguageModelBase):
         whole_word_masking: select whole words (needs the batch's ``word_starts``).
         nsp: add BERT's next-sentence prediction head and loss (the batch needs ``next_sentence_label``,
             e.g. ``TextCorpusDataModule(nsp=True)``).
+        nsp_negatives: which pairs the sentence-pair head tells apart, as the datamodule built them:
+            ``"random"`` (BERT's next-sentence prediction, logged as ``nsp_loss`` / ``nsp_accuracy``) or
+            ``"swapped"`` (ALBERT's sentence-order prediction, ``TextCorpusDataModule(nsp_negatives="swapped")``,
+            logged as ``sop_loss`` / ``sop_accuracy``). Same head and loss; a datamodule that says otherwise is
+            refused at fit start.
         exact_token_loss: normalize by the step's target tokens (True) or per micro-batch mean (False).
         sparse_prediction: run the LM head only on the ~15% of positions that are targets (same loss and
             gradients, less compute: the vocabulary projection is often the largest matmul of a small model).
@@ -228,7 +235,8 @@ class MaskedLanguageModel(LanguageModelBase):
         export: whether to export at fit end.
 
     Raises:
-        ValueError: bad probabilities, a tokenizer without a mask token, ``block_size`` over the model's positions.
+        ValueError: bad probabilities, a tokenizer without a mask token, ``block_size`` over the model's positions,
+            ``nsp_negatives`` unknown, without ``nsp`` or unlike the datamodule's.
 
     Example::
         model = MaskedLanguageModel(model="data/models/all-MiniLM-L6-v2", whole_word_masking=True)
@@ -250,6 +258,7 @@ class MaskedLanguageModel(LanguageModelBase):
         random_replace_prob: float = 0.1,
         whole_word_masking: bool = False,
         nsp: bool = False,
+        nsp_negatives: Literal["random", "swapped"] = "random",
         exact_token_loss: bool = True,
         sparse_prediction: bool = True,
         masking_seed: int | None = None,
@@ -263,6 +272,16 @@ class MaskedLanguageModel(LanguageModelBase):
                 f"mask_replace_prob={mask_replace_prob!r} + random_replace_prob={random_replace_prob!r} must be "
                 "non-negative and at most 1 (BERT: 0.8 and 0.1)."
             )
+        if nsp_negatives not in ("random", "swapped"):
+            raise InvalidArgumentError(
+                f"nsp_negatives={nsp_negatives!r}: choose 'random' (BERT next-sentence prediction) or 'swapped' "
+                "(ALBERT sentence-order prediction)."
+            )
+        if nsp_negatives != "random" and not nsp:
+            raise InvalidArgumentError(
+                f"nsp_negatives={nsp_negatives!r} is an option of the sentence-pair objective: set nsp=True too."
+            )
+        self.nsp_negatives = nsp_negatives
         self.auto_class = AutoModelForPreTraining if nsp else AutoModelForMaskedLM
         self.mlm_probability, self.mask_replace_prob = mlm_probability, mask_replace_prob
         self.random_replace_prob, self.whole_word_masking, self.nsp = random_replace_prob, whole_word_masking, nsp
@@ -274,6 +293,18 @@ class MaskedLanguageModel(LanguageModelBase):
                          exact_token_loss, export_dir, export)
         # Factories are not plain data: keep them out of the checkpoint so it loads with weights_only=True.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+
+    @override
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        theirs = getattr(datamodule, "nsp_negatives", None) if getattr(datamodule, "nsp", False) else None
+        if self.nsp and theirs is not None and theirs != self.nsp_negatives:
+            raise InvalidArgumentError(
+                f"MaskedLanguageModel(nsp_negatives={self.nsp_negatives!r}) but the datamodule builds "
+                f"nsp_negatives={theirs!r} pairs: the head would learn one task and be logged as the other. "
+                "Set the same value on both (model.init_args.nsp_negatives and data.init_args.nsp_negatives)."
+            )
+        super().setup(stage)
 
     @override
     def _check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -380,6 +411,10 @@ class MaskedLanguageModel(LanguageModelBase):
                 raise ValueError(
                     "nsp=True needs the batch's 'next_sentence_label': use TextCorpusDataModule(nsp=True)."
                 )
-            extra = torch.nn.functional.cross_entropy(out.seq_relationship_logits.float(), batch["next_sentence_label"])
-            self.log(f"{stage}/nsp_loss", extra.detach(), batch_size=len(input_ids))
+            pair_logits = out.seq_relationship_logits.float()  # (B, 2)
+            extra = torch.nn.functional.cross_entropy(pair_logits, batch["next_sentence_label"])
+            task = "sop" if self.nsp_negatives == "swapped" else "nsp"
+            pair_correct = (pair_logits.detach().argmax(-1) == batch["next_sentence_label"]).float().mean()
+            self.log(f"{stage}/{task}_loss", extra.detach(), batch_size=len(input_ids))
+            self.log(f"{stage}/{task}_accuracy", pair_correct, batch_size=len(input_ids))
         return loss_sum, count, correct, extra

@@ -417,15 +417,30 @@ def _counts(study: optuna.Study) -> dict[TrialState, int]:
 
 
 def write_best_config(
-    config_path: str | Path, full: Mapping[str, Any], trial: optuna.trial.FrozenTrial, out: str | Path, header: str
+    config_path: str | Path,
+    full: Mapping[str, Any],
+    trial: optuna.trial.FrozenTrial,
+    out: str | Path,
+    header: str = "",
+    run_name: str | None = None,
 ) -> Path:
     """Write the user's config with the trial's values set, runnable by ``lit-llm fit --config out``.
 
-    Its ``run_name`` is ``<out's parent folder>_best``, so its runs go to ``runs/<study>_best/version_<n>``.
+    Args:
+        config_path: the config the values apply to (the trials' own, or the full-data one).
+        full: that config as ``--print_config`` gives it (:func:`full_config`).
+        trial: the trial whose ``params`` (dotted keys) are set.
+        out: the YAML file to write.
+        header: comment lines written first.
+        run_name: the config's ``run_name``; default ``<out's folder>_best``, so that ``runs/<study>/best.yaml``
+            trains in ``runs/<study>_best/version_<n>``.
+
+    Example::
+        write_best_config("configs/finetune/minilm_rotten_tomatoes.yaml", full, study.best_trial, "tuned.yaml")
     """
     config = yaml.safe_load(Path(config_path).read_text()) or {}
     best = apply_values(config, full, trial.params)
-    best["run_name"] = f"{Path(out).parent.name}_best"
+    best["run_name"] = run_name or f"{Path(out).absolute().parent.name}_best"
     out = Path(out)
     out.write_text(header + yaml.safe_dump(best, sort_keys=False))
     return out

@@ -62,7 +62,7 @@ class LoRA(Callback):
 
     QLoRA: the target layers' frozen weights are stored in 4-bit NF4 (bitsandbytes, bf16 compute) and the
     adapters are bf16. At fit start it checks that bitsandbytes 4-bit runs on the device (it does on CPU with
-    bitsandbytes >= 0.45) and raises an error naming what runs otherwise. Not with FSDP2 (4-bit weights are not
+    bitsandbytes 0.50.2) and raises an error naming what runs otherwise. Not with FSDP2 (4-bit weights are not
     sharded): use DDP.
 
     Contract with the module: ``getattr(pl_module, model_attr)`` is the model to adapt (an ``nn.Module``; a

@@ -197,8 +197,8 @@ def check_4bit_available(device: torch.device | str = "cpu") -> None:
                       f"({type(err).__name__}: {err})")
     raise QuantizationUnavailableError(
         f"LoRA(quantize_base='nf4') needs bitsandbytes 4-bit, which cannot run here: {reason}. What runs: LoRA "
-        "without quantization (quantize_base: null) on this device, or QLoRA on a CUDA GPU or a CPU with "
-        "bitsandbytes >= 0.45 (its CPU backend)."
+        "without quantization (quantize_base: null) on this device; QLoRA on a CUDA GPU, or on a CPU with a "
+        "bitsandbytes release whose CPU backend has 4-bit kernels (0.50.2 has)."
     )
 
 

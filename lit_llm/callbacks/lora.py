@@ -25,6 +25,7 @@ from lit_llm.hf import export_pretrained
 from lit_llm.training.lora import (
     LORA_STATE_FORMAT,
     LoraSpec,
+    require_peft,
     apply_lora,
     base_fingerprint,
     check_4bit_available,
@@ -177,6 +178,7 @@ class LoRA(Callback):
         return model
 
     def _adapt(self, pl_module: pl.LightningModule) -> None:
+        require_peft()
         from peft.tuners.lora import LoraLayer
 
         model = self._model(pl_module)

@@ -50,6 +50,7 @@ __all__ = [
     "linear_layer_names",
     "lora_state_of",
     "merge_lora",
+    "require_peft",
     "save_adapters",
     "trainable_parameter_names",
 ]
@@ -107,6 +108,7 @@ class LoraSpec:
 
     def peft_config(self) -> Any:
         """The ``peft.LoraConfig`` of this spec."""
+        require_peft()
         from peft import LoraConfig
 
         return LoraConfig(
@@ -117,6 +119,14 @@ class LoraSpec:
             target_modules="^(" + "|".join(re.escape(t) for t in self.targets) + ")$",
             modules_to_save=list(self.head) or None,
         )
+
+
+def require_peft() -> None:
+    """peft is an optional dependency (the ``lora`` extra): imported where used, with the install hint."""
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ImportError("LoRA needs the peft package: pip install 'lit-llm[lora]' (or pip install peft)") from None
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
@@ -260,6 +270,7 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     Example::
         apply_lora(model, LoraSpec(targets=find_lora_targets(model), rank=8))
     """
+    require_peft()
     from peft import inject_adapter_in_model
 
     linears = set(linear_layer_names(model))
@@ -328,6 +339,7 @@ def save_adapters(
     Raises:
         FileExistsError: ``out_dir`` already holds files.
     """
+    require_peft()
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -368,6 +380,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     Example::
         merge_lora(model).save_pretrained("export-merged")
     """
+    require_peft()
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
 

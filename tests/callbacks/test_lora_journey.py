@@ -28,23 +28,24 @@ def _fit(tmp_path: Path, config: Path, *extra: str) -> subprocess.CompletedProce
     proc = subprocess.run(
         [sys.executable, "-m", "lit_llm.cli", "fit", "--config", str(config), "--run_root", str(tmp_path / "runs"),
          "--run_name", "rt", *extra],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
 
-def _pipeline_scores(model_dir: Path) -> list[dict]:
-    """``pipeline("text-classification")`` on ``model_dir`` in a new interpreter: every label's score per text."""
+def _pipeline_scores(model_dirs: list[Path]) -> list[list[list[dict]]]:
+    """``pipeline("text-classification")`` on each directory, in one new interpreter: every label's score per text."""
     script = (
         "import json, sys\n"
         "from transformers import pipeline\n"
-        "clf = pipeline('text-classification', model=sys.argv[1], top_k=None)\n"
-        "print('RESULT' + json.dumps(clf(json.loads(sys.argv[2]))))\n"
+        "out = [pipeline('text-classification', model=d, top_k=None)(json.loads(sys.argv[2]))\n"
+        "       for d in json.loads(sys.argv[1])]\n"
+        "print('RESULT' + json.dumps(out))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", script, str(model_dir), json.dumps(TEXTS)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps([str(d) for d in model_dirs]), json.dumps(TEXTS)],
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))[len("RESULT"):])
 
@@ -120,8 +121,7 @@ def test_fit_resume_and_pipeline_of_the_merged_model(tmp_path, encoder_dir, sent
     with torch.no_grad():
         probs = model(**enc).logits.softmax(-1)  # (3, 2)
 
-    for directory in (merged_dir, tmp_path / "exported"):
-        scores = _pipeline_scores(directory)
+    for scores in _pipeline_scores([merged_dir, tmp_path / "exported"]):
         for row, expected in zip(scores, probs.tolist(), strict=True):
             by_label = {item["label"]: item["score"] for item in row}
             assert by_label["fresh"] == pytest.approx(expected[0], abs=1e-4)

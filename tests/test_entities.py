@@ -1,7 +1,8 @@
-"""Entity extraction and entity-level scores, checked against hand-worked examples (seqeval is not a dependency).
+"""Entity extraction and entity-level scores, checked against hand-worked examples and against seqeval itself.
 
 Numbers are worked out by hand from seqeval's definitions: ``mode="strict"`` counts only well-formed chunks of the
-scheme; the default mode chunks as conlleval does (``I-X`` after ``O`` starts an entity).
+scheme; the default mode chunks as conlleval does (``I-X`` after ``O`` starts an entity). seqeval (the test extra)
+is then the referee on random tag sequences, in both modes and both schemes.
 """
 
 from __future__ import annotations
@@ -231,3 +232,50 @@ def test_metric_sums_counts_across_ranks(tmp_path):
         assert out[rank]["f1_micro"] == pytest.approx(4 / 7)
         assert out[rank]["precision_micro"] == pytest.approx(2 / 3)
         assert out[rank]["accuracy"] == pytest.approx(expected.accuracy)
+
+
+# ------------------------------------------------------------------------------------------ seqeval as the referee
+def _random_tags(rng, scheme: str, n_sentences: int = 150) -> list[list[str]]:
+    prefixes = list(TAG_SCHEMES_FOR_TEST[scheme])
+    out = []
+    for _ in range(n_sentences):
+        length = rng.randint(1, 9)
+        out.append([
+            "O" if (p := rng.choice(prefixes)) == "O" else f"{p}-{rng.choice(['PER', 'LOC', 'ORG'])}"
+            for _ in range(length)
+        ])
+    return out
+
+
+TAG_SCHEMES_FOR_TEST = {"BIO": ("B", "I", "O", "O"), "BIOES": ("B", "I", "O", "E", "S", "O")}
+
+
+@pytest.mark.parametrize("scheme", ["BIO", "BIOES"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_entities_and_scores_agree_with_seqeval_on_random_tags(scheme, seed):
+    """Random (mostly ill-formed) sequences: the same entities and the same micro / macro P, R, F1 as seqeval."""
+    import random
+
+    seqeval_metrics = pytest.importorskip("seqeval.metrics")
+    from seqeval.metrics.sequence_labeling import get_entities
+    from seqeval.scheme import IOB2, IOBES, Entities
+
+    rng = random.Random(seed)
+    gold, pred = _random_tags(rng, scheme), _random_tags(rng, scheme)
+    pred = [p[: len(g)] + ["O"] * (len(g) - len(p)) for g, p in zip(gold, pred)]  # aligned lengths
+    seqeval_scheme = IOB2 if scheme == "BIO" else IOBES
+
+    for tags in gold + pred:
+        # default mode: seqeval's get_entities, end inclusive
+        assert extract_entities(tags, scheme, "default") == [E(t, s, e + 1) for t, s, e in get_entities(tags)]
+        # strict mode: seqeval.scheme.Entities, end exclusive
+        strict = Entities([tags], seqeval_scheme).entities[0]
+        assert extract_entities(tags, scheme, "strict") == [E(e.tag, e.start, e.end) for e in strict]
+
+    for mode, kwargs in (("default", {}), ("strict", {"mode": "strict", "scheme": seqeval_scheme})):
+        ours = entity_scores(gold, pred, scheme, mode)
+        for average, row in (("micro", ours.micro), ("macro", ours.macro)):
+            for name, fn in (("precision", seqeval_metrics.precision_score), ("recall", seqeval_metrics.recall_score),
+                             ("f1", seqeval_metrics.f1_score)):
+                expected = fn(gold, pred, average=average, zero_division=0, **kwargs)
+                assert row[name] == pytest.approx(expected), (mode, average, name)

@@ -1,8 +1,9 @@
 """Write the recommended plan as a LightningCLI config that ``lit-llm fit --config FILE`` runs.
 
 The config holds the trainer (accelerator, devices, nodes, strategy, precision, accumulation, steps), the
-warmup callback, the task's module (with gradient checkpointing and the chosen optimizer) and a datamodule whose
-batch size is the micro-batch. Data paths are placeholders unless given: the planner knows no data.
+warmup callback (and the LoRA callback for a LoRA / QLoRA plan), the task's module (with gradient checkpointing
+and the chosen optimizer) and a datamodule whose batch size is the micro-batch. Data paths are placeholders
+unless given: the planner knows no data.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def _trainer_section(req: PlanRequest, best: Candidate) -> dict[str, Any]:
         "accumulate_grad_batches": c.accumulation,
         "callbacks": [{"class_path": "lit_llm.callbacks.WarmupSchedule", "init_args": {"warmup": 0.06}}],
     }
+    if c.adapter != "none":  # LoRA on every Linear of the blocks (the callback's default), QLoRA on an NF4 base
+        lora: dict[str, Any] = {"rank": c.lora_rank}
+        if c.adapter == "qlora":
+            lora["quantize_base"] = "nf4"
+        trainer["callbacks"].append({"class_path": "lit_llm.callbacks.LoRA", "init_args": lora})
     if req.total_steps is not None:
         trainer["max_steps"] = req.total_steps
     return trainer
@@ -87,8 +93,8 @@ def _data_section(req: PlanRequest, best: Candidate, tokenizer: str | None, data
 def plan_config(req: PlanRequest, best: Candidate, data_path: str | None = None, lr: float = 5e-5) -> dict[str, Any]:
     """The LightningCLI config (as a dict) for ``best``.
 
-    A LoRA / QLoRA plan is written as its full-training equivalent (same trainer, data and batch): the adapters
-    are configured on the module, see :func:`emit_config`'s header comment.
+    A LoRA / QLoRA plan adds the :class:`~lit_llm.callbacks.LoRA` callback (rank, and ``quantize_base: nf4`` for
+    QLoRA) to the trainer's callbacks.
 
     Args:
         req: the request the plan answered.
@@ -144,9 +150,6 @@ def emit_config(
     config = plan_config(req, best, data_path)
     header = [f"# lit-llm plan: {best.choice.label} on {req.devices} x {req.nodes} x {req.hardware.name}"]
     header += [f"#   {r}" for r in reasons]
-    if best.choice.adapter != "none":
-        header.append(f"# This plan trains {best.choice.adapter} adapters of rank {best.choice.lora_rank} on every "
-                      "Linear of the blocks: add lit-llm's LoRA option to the model below.")
     if data_path is None:
         header.append(f"# Replace {_PLACEHOLDER} with your data (or pass --data_path to lit-llm plan).")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ change linearly layer by layer, so the peak is at one of three moments, and we t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from lit_llm.planning.choice import PlanChoice
 from lit_llm.planning.params import ParamTensor, Task, lora_targets, parameter_tensors
@@ -227,6 +227,42 @@ def _stored_activations(
     return dims.num_layers * block + outer, 0.0
 
 
+class _Temporaries(NamedTuple):
+    lm: bool
+    sbv: float  # sequence x batch x vocabulary: one fp32 LM-head buffer has 4 * sbv bytes
+    head_loss: float
+    embed_grad: float
+    buckets: float
+    full_grad_unit: float
+    step_temp: float
+
+
+def _temporaries(
+    params: _Params, dims: ModelDims, task: Task, choice: PlanChoice, seq: int, hardware: HardwareSpec
+) -> _Temporaries:
+    """Buffers that live for part of a step: the LM loss, the embedding gradient, DDP buckets, FSDP's unsharded
+    gradients of one unit, the optimizer's per-step temporaries."""
+    lm = task in ("mlm", "clm")
+    sbv = float(seq * choice.micro_batch * dims.vocab)
+    head_loss = 3 * 4 * sbv if lm else 0.0  # log_softmax out, its grad, logits' grad
+    # the word embedding's gradient, made by the head/embedding (a frozen embedding has none)
+    embed_grad = 4.0 * dims.vocab * dims.hidden if choice.adapter == "none" else 0.0
+    if choice.strategy == "ddp":
+        # Lightning's DDP copies gradients into flat buckets (gradient_as_bucket_view=False)
+        buckets = 4 * params.n_trainable if choice.world_size > 1 else 0.0
+        full_grad_unit = 0.0
+    else:
+        buckets = 0.0
+        full_grad_unit = 4 * max(params.block_unit, params.outer_unit)  # a unit's grads before reduce-scatter
+    if choice.offload:
+        step_temp = 0.0  # the optimizer runs on the host
+    elif choice.optimizer_8bit or not hardware.is_gpu:
+        step_temp = 2 * 4 * float(max(params.trainable))  # per-tensor update (CPU and bitsandbytes loop)
+    else:
+        step_temp = 4 * params.n_trainable / choice.shard_divisor  # foreach AdamW's sqrt buffer
+    return _Temporaries(lm, sbv, head_loss, embed_grad, buckets, full_grad_unit, step_temp)
+
+
 def estimate_memory(
     dims: ModelDims,
     task: Task,
@@ -261,26 +297,9 @@ def estimate_memory(
     working = _working_weights(params, choice, 2 if choice.mixed else 4)
     stored, recompute = _stored_activations(dims, task, choice, seq, hardware, attention)
 
-    # Temporaries.
-    lm = task in ("mlm", "clm")
-    sbv = float(seq * choice.micro_batch * dims.vocab)
-    head_loss = 3 * 4 * sbv if lm else 0.0  # log_softmax out, its grad, logits' grad
-    # the word embedding's gradient, made by the head/embedding (a frozen embedding has none)
-    embed_grad = 4.0 * dims.vocab * dims.hidden if choice.adapter == "none" else 0.0
-    if choice.strategy == "ddp":
-        # Lightning's DDP copies gradients into flat buckets (gradient_as_bucket_view=False)
-        buckets = 4 * params.n_trainable if choice.world_size > 1 else 0.0
-        full_grad_unit = 0.0
-    else:
-        buckets = 0.0
-        full_grad_unit = 4 * max(params.block_unit, params.outer_unit)  # a unit's grads before reduce-scatter
-    if choice.offload:
-        step_temp = 0.0  # the optimizer runs on the host
-    elif choice.optimizer_8bit or not hardware.is_gpu:
-        step_temp = 2 * 4 * float(max(params.trainable))  # per-tensor update (CPU and bitsandbytes loop)
-    else:
-        step_temp = 4 * params.n_trainable / choice.shard_divisor  # foreach AdamW's sqrt buffer
-
+    t = _temporaries(params, dims, task, choice, seq, hardware)
+    lm, sbv, head_loss, embed_grad = t.lm, t.sbv, t.head_loss, t.embed_grad
+    buckets, full_grad_unit, step_temp = t.buckets, t.full_grad_unit, t.step_temp
     head_grad = embed_grad if lm else 0.0
     # Backward frees each node's saved tensors once it ran: first the loss (log-softmax output, its gradient,
     # the logits' gradient), then the head matmul (the logits' gradient and the tied embedding's gradient),

@@ -128,3 +128,17 @@ def test_cli_adapter_plan_json_and_table(capsys):
     assert main([*argv, "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "Parameter-efficient alternatives" in out and "qlora-r8" in out
+
+
+def test_emitted_qlora_config_names_the_lora_callback(tmp_path):
+    from lit_llm.planning import emit_config
+
+    from tests.planning.test_plan_cli import _lightning_parser
+
+    req = PlanRequest(MODEL_PRESETS["gpt2"], "clm", 256, 8, resolve_hardware("A10"), adapter="qlora", lora_rank=4,
+                      steps=10)
+    report = make_plan(req)
+    cfg = _lightning_parser().parse_path(str(emit_config(req, report.best, tmp_path / "qlora.yaml")))
+    lora = cfg.trainer.callbacks[-1]
+    assert lora.class_path == "lit_llm.callbacks.LoRA"
+    assert (lora.init_args.rank, lora.init_args.quantize_base) == (4, "nf4")

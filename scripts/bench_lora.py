@@ -10,7 +10,7 @@ memory is that run's alone), with one extra callback, :class:`StepTimer`, append
 Measured per variant: test accuracy (the run's classification report, best checkpoint), trainable and total
 parameters (at train start, after the adapters are in), peak resident memory of the process (``ru_maxrss``; on
 CUDA also ``torch.cuda.max_memory_allocated``), median optimizer-step time (training batches after the first 5,
-validation excluded) and the wall clock of the whole command. W&B is switched off (``--trainer.logger false``).
+validation excluded) and the wall clock of the whole command. The W&B logger is replaced by a CSVLogger.
 
 Usage::
 
@@ -86,10 +86,13 @@ def run_variant(name: str, config: str, work: Path, smoke: bool) -> dict[str, An
     spec = yaml.safe_load((REPO / config).read_text())
     stats_file = work / f"{name.replace(' ', '_')}.json"
     spec["trainer"]["callbacks"].append({"class_path": "bench_lora.StepTimer", "init_args": {"out": str(stats_file)}})
+    # CSV instead of W&B: no service, no upload; LearningRateMonitor in the configs needs some logger.
+    spec["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                 "init_args": {"save_dir": str(work)}}
     patched = work / Path(config).name
     patched.write_text(yaml.safe_dump(spec))
     command = [sys.executable, "-m", "lit_llm.cli", "fit", "--config", str(patched), "--test_after_fit", "true",
-               "--trainer.logger", "false", "--run_root", str(work / "runs"), "--run_name", name.replace(" ", "_")]
+               "--run_root", str(work / "runs"), "--run_name", name.replace(" ", "_")]
     command += SMOKE_OVERRIDES if smoke else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "scripts"), str(REPO)]), WANDB_MODE="offline",
                HF_HUB_OFFLINE="1")

@@ -17,6 +17,8 @@ Each trial runs ``lit-llm fit --config X.yaml --<key>=<value> ...`` in this proc
 ``runs/<study>/study.db`` by default or any SQLAlchemy URL given with ``--storage``. The study name defaults to the
 config's file name.
 
+- Arguments after ``--`` go to every trial's ``lit-llm fit`` (a budget: ``-- --trainer.max_epochs=1``);
+  ``best.yaml`` keeps the config's own values for them, so it trains the full schedule with the tuned values.
 - ``--trials N`` counts the study's finished trials (complete or pruned, from every worker and every earlier
   invocation): a study that was stopped resumes where it stopped and runs only the missing trials.
 - A trial whose worker was killed stays RUNNING in the database. Workers write a heartbeat every
@@ -446,7 +448,7 @@ def write_best_config(
     return out
 
 
-def save_plots(study: optuna.Study, out_dir: str | Path) -> list[Path]:
+def save_plots(study: optuna.Study, out_dir: str | Path, target_name: str = "Objective Value") -> list[Path]:
     """Optimization history, and parameter importances once two trials are complete, as PNG files.
 
     Uses ``optuna.visualization.matplotlib`` (matplotlib only; plotly is not needed). Importances come from
@@ -464,7 +466,7 @@ def save_plots(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     for name, plot in plots:
         with warnings.catch_warnings():  # the matplotlib backend of optuna.visualization is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ax = plot(study)
+            ax = plot(study, target_name=target_name)
         fig = ax.figure
         fig.set_size_inches(8, 5)
         fig.tight_layout()
@@ -478,7 +480,10 @@ def save_plots(study: optuna.Study, out_dir: str | Path) -> list[Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lit-llm tune",
+        usage="lit-llm tune --config X.yaml --search S.yaml --trials N [options] [-- fit overrides of every trial]",
         description="Search hyperparameters with Optuna (TPE, median pruning); each trial is a lit-llm fit run.",
+        epilog="Arguments after -- go to every trial's lit-llm fit, e.g. -- --trainer.max_epochs=1 for a small "
+        "budget; best.yaml keeps the config's own values for them.",
     )
     parser.add_argument("--config", required=True, help="the lit-llm fit config (YAML) every trial starts from")
     parser.add_argument("--search", required=True, help="search space: YAML of dotted.key: {low, high} / {choices}")
@@ -497,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def full_config(config: str) -> dict[str, Any]:
-    """The config as ``lit-llm fit --config CONFIG --print_config`` prints it: every key, defaults included.
+def full_config(config: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The config as ``lit-llm fit --config CONFIG [OVERRIDES] --print_config`` prints it: every key, defaults included.
 
     Raises:
         FileNotFoundError: no such file.
@@ -512,11 +517,12 @@ def full_config(config: str) -> dict[str, Any]:
     code: Any = 0
     with contextlib.redirect_stdout(buffer):
         try:
-            LitLLMCLI(args=["fit", "--config", config, "--print_config"])
+            LitLLMCLI(args=["fit", "--config", config, *(overrides or []), "--print_config"])
         except SystemExit as exit_:
             code = exit_.code
     if code not in (0, None):
-        raise InvalidArgumentError(f"--config {config}: not a valid lit-llm fit config (see the error above)")
+        given = " ".join(["--config", config, *(overrides or [])])
+        raise InvalidArgumentError(f"lit-llm fit {given}: not a valid lit-llm fit config (see the error above)")
     return yaml.safe_load(buffer.getvalue())
 
 
@@ -560,6 +566,7 @@ def _run_trial(
     trial: optuna.trial.Trial,
     *,
     config: str,
+    fit_args: list[str],
     full: Mapping[str, Any],
     space: list[SearchParam],
     study_name: str,
@@ -579,7 +586,7 @@ def _run_trial(
             return trainer
 
     values = suggest(trial, space)
-    args = ["fit", "--config", config, *cli_overrides(values)]
+    args = ["fit", "--config", config, *fit_args, *cli_overrides(values)]
     args += ["--run_root", str(run_root), "--run_name", f"{study_name}/trial_{trial.number}"]
     args += _logger_override(full, study_name, trial.number)
     if (full.get("trainer") or {}).get("devices") == "auto":  # on a multi-GPU machine auto would launch DDP
@@ -616,14 +623,16 @@ def main(argv: list[str] | None = None) -> int:
         main(["--config", "configs/finetune/minilm_rotten_tomatoes.yaml",
               "--search", "configs/tune/minilm_rotten_tomatoes_search.yaml", "--trials", "8"])
     """
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fit_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.trials < 1:
         raise InvalidArgumentError(f"--trials {args.trials}: the study needs at least 1 trial; give --trials N, N >= 1")
     if args.heartbeat_s < 1:
         raise InvalidArgumentError(f"--heartbeat_s {args.heartbeat_s}: give a whole number of seconds >= 1")
     if args.startup_trials is not None and args.startup_trials < 0:
         raise InvalidArgumentError(f"--startup_trials {args.startup_trials}: give a number >= 0")
-    full = full_config(args.config)
+    full = full_config(args.config, fit_args)
     space = load_search_space(args.search, config_keys(full))
     monitor, mode = _default_objective(full, args.monitor, args.mode, args.config)
     study_name = args.study_name or Path(args.config).stem
@@ -659,18 +668,24 @@ def main(argv: list[str] | None = None) -> int:
 
     def objective(trial: optuna.trial.Trial) -> float:
         return _run_trial(
-            trial, config=args.config, full=full, space=space, study_name=study_name, run_root=run_root,
-            monitor=monitor, mode=mode,
+            trial, config=args.config, fit_args=fit_args, full=full, space=space, study_name=study_name,
+            run_root=run_root, monitor=monitor, mode=mode,
         )
 
     while sum(_counts(study)[s] for s in FINISHED) < args.trials:
         study.optimize(objective, n_trials=1, gc_after_trial=True,
                        callbacks=[lambda s, t: _print_trial(s, t, monitor)])
-    return _report(study, args, full, monitor, mode, study_dir)
+    return _report(study, args, fit_args, full, monitor, mode, study_dir)
 
 
 def _report(
-    study: optuna.Study, args: argparse.Namespace, full: Mapping[str, Any], monitor: str, mode: str, study_dir: Path
+    study: optuna.Study,
+    args: argparse.Namespace,
+    fit_args: list[str],
+    full: Mapping[str, Any],
+    monitor: str,
+    mode: str,
+    study_dir: Path,
 ) -> int:
     counts = _counts(study)
     if not counts[TrialState.COMPLETE]:
@@ -680,14 +695,19 @@ def _report(
     best = study.best_trial
     out = study_dir / "best.yaml"
     values = ", ".join(f"{k}={v!r}" for k, v in best.params.items())
+    budget = (
+        f"# the trials also ran with {' '.join(fit_args)}; this file keeps the config's own values for those\n"
+        if fit_args
+        else ""
+    )
     header = (
         f"# Best trial {best.number} of Optuna study {study.study_name!r} ({monitor}={best.value:.6g}, {mode}),\n"
         f"# tuned by: lit-llm tune --config {args.config} --search {args.search} --trials {args.trials}\n"
-        f"# tuned values: {values}\n"
+        f"# tuned values: {values}\n{budget}"
         f"# train it:  lit-llm fit --config {out}\n"
     )
     write_best_config(args.config, full, best, out, header)
-    plots = save_plots(study, study_dir)
+    plots = save_plots(study, study_dir, target_name=monitor)
     lines = [
         "",
         f"study:            {study.study_name} ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} "

@@ -33,9 +33,9 @@ KEYS = {
 
 
 def _tiny_config(tmp_path: Path, tiny_bert_dir: Path, csvs: dict[str, Path], *, wandb: bool = False) -> Path:
-    """A fit config of 4 optimizer steps with a validation every 2 (a curve of two points for the pruner)."""
+    """A fit config of 6 optimizer steps with a validation every 2 (a curve for the pruner)."""
     trainer = {
-        "accelerator": "cpu", "devices": 1, "max_steps": 4, "val_check_interval": 2, "limit_val_batches": 1,
+        "accelerator": "cpu", "devices": 1, "max_steps": 6, "val_check_interval": 2, "limit_val_batches": 1,
         "num_sanity_val_steps": 0, "log_every_n_steps": 1, "enable_progress_bar": False,
         "enable_model_summary": False, "logger": False,
         "callbacks": [{
@@ -261,9 +261,10 @@ def test_tune_runs_trials_resumes_after_a_kill_and_writes_a_runnable_best_config
     config = _tiny_config(tmp_path, tiny_bert_dir, sentiment_csvs, wandb=True)
     search = _search(tmp_path, SEARCH)
     args = ["tune", "--config", str(config), "--search", str(search), "--seed", "0", "--heartbeat_s", "1"]
+    budget = ["--", "--trainer.max_steps=4"]  # every trial trains 4 steps; best.yaml keeps the config's 6
 
     # 1. two trials, each an ordinary fit run in its own directory, in a study kept in runs/tiny/study.db
-    assert lit_llm([*args, "--trials", "2"]) == 0
+    assert lit_llm([*args, "--trials", "2", *budget]) == 0
     study_dir = tmp_path / "runs" / "tiny"
     url = f"sqlite:///{study_dir / 'study.db'}"
     study = optuna.load_study(study_name="tiny", storage=url)
@@ -281,6 +282,7 @@ def test_tune_runs_trials_resumes_after_a_kill_and_writes_a_runnable_best_config
         run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
         assert (run.run_group, run.display_name) == ("tiny", f"tiny-trial-{t.number}")
     out = capsys.readouterr().out
+    assert "(max val/accuracy): 0 of 2 trials finished" in out  # the ModelCheckpoint's metric and mode
     assert f"best trial:       {study.best_trial.number} (val/accuracy={study.best_value:.4f})" in out
     assert f"best config:      {study_dir / 'best.yaml'}" in out
     assert (study_dir / "optimization_history.png").stat().st_size > 1000
@@ -300,7 +302,7 @@ def test_tune_runs_trials_resumes_after_a_kill_and_writes_a_runnable_best_config
     time.sleep(3.5)  # past the grace period of 2 x --heartbeat_s
 
     # 3. resuming to 3 trials runs one: the killed trial again, with its values; it is marked failed
-    assert lit_llm([*args, "--trials", "3"]) == 0
+    assert lit_llm([*args, "--trials", "3", *budget]) == 0
     study = optuna.load_study(study_name="tiny", storage=url)
     states = [t.state for t in study.trials]
     assert states[:3] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL] and len(states) == 4
@@ -313,7 +315,7 @@ def test_tune_runs_trials_resumes_after_a_kill_and_writes_a_runnable_best_config
     assert "trial 3 (retry of trial 2, whose worker stopped)" in out
 
     # 4. the study is complete: another call runs nothing
-    assert lit_llm([*args, "--trials", "3"]) == 0
+    assert lit_llm([*args, "--trials", "3", *budget]) == 0
     assert len(optuna.load_study(study_name="tiny", storage=url).trials) == 4
 
     # 5. best.yaml is the config with the best values, and `lit-llm fit --config best.yaml` trains it
@@ -321,11 +323,13 @@ def test_tune_runs_trials_resumes_after_a_kill_and_writes_a_runnable_best_config
     best_yaml = yaml.safe_load((study_dir / "best.yaml").read_text())
     assert best_yaml["model"]["init_args"]["optimizer"]["init_args"]["lr"] == best.params[LR]
     assert best_yaml["data"]["init_args"]["batch_size"] == best.params[BATCH]
-    assert best_yaml["run_name"] == "tiny_best"
+    assert best_yaml["run_name"] == "tiny_best" and best_yaml["trainer"]["max_steps"] == 6
+    assert "# the trials also ran with --trainer.max_steps=4" in (study_dir / "best.yaml").read_text()
     assert lit_llm(["fit", "--config", str(study_dir / "best.yaml"), "--trainer.logger=false"]) == 0
     run_dir = tmp_path / "runs" / "tiny_best" / "version_0"
     ran = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert ran["model"]["init_args"]["optimizer"]["init_args"]["lr"] == best.params[LR]
+    assert ran["trainer"]["max_steps"] == 6
     assert list((run_dir / "checkpoints").glob("*.ckpt"))
 
 
@@ -339,6 +343,9 @@ def test_unknown_search_key_and_monitor_are_reported_before_any_trial(tmp_path, 
     search.write_text(yaml.safe_dump(SEARCH))
     with pytest.raises(InvalidArgumentError, match=r"--monitor val/f1: give --mode max or --mode min"):
         tune.main([*args, "--monitor", "val/f1"])
+    with pytest.raises(InvalidArgumentError, match=r"lit-llm fit --config .*tiny.yaml --trainer.max_stepz=4: not a "
+                       r"valid lit-llm fit config \(see the error above\)"):
+        tune.main([*args, "--", "--trainer.max_stepz=4"])
     assert not (tmp_path / "runs").exists()  # nothing was created
 
 

@@ -8,7 +8,9 @@ order of draws) but do not call it: it builds its probability tensors on the CPU
 that already sits on the accelerator, and its whole-word mode needs per-document ``offset_mapping`` (which
 packing several documents into one block scrambles) and materializes a (B, T, T) tensor. Here word
 boundaries come as a ``word_starts`` flag per token, computed at tokenization time from the fast
-tokenizer's ``word_ids()`` and packed alongside the ids.
+tokenizer's ``word_ids()`` and packed alongside the ids. For text written without spaces (Chinese), where the
+tokenizer's words are single characters, the flags come from a segmenter's words instead
+(:mod:`lit_llm.text.segmentation`); the masking itself is the same.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
+from lit_llm.training.lora import parameter_counts
+
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "full fine-tuning": "configs/finetune/minilm_rotten_tomatoes.yaml",
@@ -59,9 +61,8 @@ class StepTimer(pl.Callback):
         self.stats: dict[str, Any] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = list(pl_module.parameters())
-        self.stats["trainable_parameters"] = sum(p.numel() for p in params if p.requires_grad)
-        self.stats["total_parameters"] = sum(p.numel() for p in params)
+        trainable, total = parameter_counts(pl_module)  # a 4-bit weight counts its logical size
+        self.stats.update(trainable_parameters=trainable, total_parameters=total)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
         self._start = time.perf_counter()

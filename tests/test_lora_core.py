@@ -21,6 +21,7 @@ from lit_llm.training.lora import (
     find_lora_targets,
     lora_state_of,
     merge_lora,
+    parameter_counts,
     require_peft,
     save_adapters,
     trainable_parameter_names,
@@ -150,6 +151,8 @@ def test_qlora_on_cpu_quantizes_the_base_to_nf4_and_trains_bf16_adapters():
     model = _bert()
     reference = model(input_ids=IDS).logits.detach()
     apply_lora(model, _spec(model, rank=4, alpha=8.0, quantize_base="nf4"))
+    assert parameter_counts(model)[1] == sum(p.numel() for p in _bert().parameters()) + sum(
+        p.numel() for n, p in model.named_parameters() if "lora_" in n or "modules_to_save" in n)  # 4-bit: logical
     query = model.bert.encoder.layer[0].attention.self.query
     assert isinstance(query.base_layer, bnb.nn.Linear4bit)
     assert query.base_layer.weight.dtype == torch.uint8  # 4-bit values, two per byte

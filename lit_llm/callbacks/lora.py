@@ -32,6 +32,7 @@ from lit_llm.training.lora import (
     find_head,
     find_lora_targets,
     merge_lora,
+    parameter_counts,
     save_adapters,
     trainable_parameter_names,
 )
@@ -132,6 +133,8 @@ class LoRA(Callback):
         self._trainable: set[str] = set()  # LightningModule-level names of the weights a checkpoint keeps
         self._adapted: nn.Module | None = None  # the model with adapters, kept once the module holds the merged one
         self._hooked: set[int] = set()
+        self._fingerprint_now: list[float] | None = None  # of the base this run adapted
+        self._merged_load = False  # set by the load pre-hook for the post-hook, after the fit-end merge
         self._resume_suffix = ""  # ".resume<n>" for the default directories of a resumed run that had finished
         self._fit_ended = False
 
@@ -191,12 +194,11 @@ class LoRA(Callback):
         )
         fingerprint = base_fingerprint(model, spec)
         apply_lora(model, spec)
-        self.spec, self._fingerprint_now = spec, fingerprint
-        self.fingerprint = self.fingerprint or fingerprint  # a checkpoint's value is compared in load_state_dict
+        self.spec = spec
+        self._fingerprint_now = self.fingerprint = fingerprint  # a checkpoint's is compared in load_state_dict
         self._adapted = None
         self._trainable = trainable_parameter_names(model, prefix=f"{self.model_attr}.")
-        self.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self.total_parameters = sum(p.numel() for p in model.parameters())
+        self.trainable_parameters, self.total_parameters = parameter_counts(model)
         kind = "QLoRA (NF4 base)" if self.quantize_base else "LoRA"
         rank_zero_info(
             f"{kind}: adapters of rank {self.rank} on {len(spec.targets)} Linear layers, head {head or 'none'}; "
@@ -293,7 +295,7 @@ class LoRA(Callback):
 
     def _forgive_frozen(self, module: nn.Module, incompatible: Any) -> None:
         """An adapter-only state dict leaves the frozen base weights missing: that is expected, not an error."""
-        if self._adapted is not None and getattr(self, "_merged_load", False):
+        if self._adapted is not None and self._merged_load:
             self._merged_load = False
             prefix = f"{self.model_attr}."
             incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(prefix)]
@@ -322,7 +324,7 @@ class LoRA(Callback):
                 "quantize_base."
             )
         print_ = state_dict.get("base_fingerprint")
-        now = getattr(self, "_fingerprint_now", None)
+        now = self._fingerprint_now
         if print_ and now and not _close(print_, now):
             raise InvalidArgumentError(
                 "LoRA: the base model of this run differs from the one the checkpoint's adapters were trained on "

@@ -50,6 +50,7 @@ __all__ = [
     "linear_layer_names",
     "lora_state_of",
     "merge_lora",
+    "parameter_counts",
     "require_peft",
     "save_adapters",
     "trainable_parameter_names",
@@ -302,6 +303,21 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
             if spec.quantize_base and "lora_" in name:
                 param.data = param.data.to(torch.bfloat16)
     return model
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameters; a 4-bit weight counts its logical size, not its packed bytes.
+
+    Example::
+        trainable, total = parameter_counts(model)
+    """
+    trainable = total = 0
+    for param in model.parameters():
+        state = getattr(param, "quant_state", None)
+        n = int(state.shape.numel()) if state is not None else param.numel()  # bitsandbytes packs 2 per byte
+        total += n
+        trainable += n if param.requires_grad else 0
+    return trainable, total
 
 
 def trainable_parameter_names(model: nn.Module, prefix: str = "") -> set[str]:

@@ -705,11 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     if "ner" in args.tasks:
         r = recipe(NER_CONFIG)
         if not Path(r["files"]["train"]).exists():  # split WNUT-16 into the work folder, as prepare_wnut16 does
-            print(f"{r['files']['train']} is missing: splitting WNUT-16 into {work / 'wnut16'} for this run",
-                  flush=True)
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_wnut16.py"), "--out",
-                            str(work / "wnut16")], check=True, cwd=ROOT)
-            r["files"] = {s: str(work / "wnut16" / Path(p).name) for s, p in r["files"].items()}
+            split_dir = work / "data" / "wnut16"  # prepare_wnut16 writes only under a data/ folder
+            print(f"{r['files']['train']} is missing: splitting WNUT-16 into {split_dir} for this run", flush=True)
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare_wnut16.py"), "--out", str(split_dir)],
+                           check=True, cwd=ROOT)
+            r["files"] = {s: str(split_dir / Path(p).name) for s, p in r["files"].items()}
         specs["ner"] = smoke_recipe(r, work, conll=True) if args.smoke else r
     if "pretrain" in args.tasks:
         tokenizer = str(ROOT / "data" / "models" / "all-MiniLM-L6-v2")

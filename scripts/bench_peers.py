@@ -412,8 +412,8 @@ def pretrain_assets(work: Path, docs: int, tokenizer: str) -> dict[str, Any]:
     dm = TextCorpusDataModule(data_files=str(corpus), tokenizer=tokenizer, block_size=PRETRAIN_SEQ,
                               val_fraction=0.0, batch_size=PRETRAIN_BATCH, cache_dir=str(work / "hf_cache"))
     dm.setup("fit")
-    blocks = [{k: torch.as_tensor(v) for k, v in dm.train_dataset[i].items()
-               if k in ("input_ids", "attention_mask", "special_tokens_mask")} for i in range(len(dm.train_dataset))]
+    # every field the datamodule makes (lit-llm's collate_blocks wants word_starts too); the peers use two of them
+    blocks = [{k: torch.as_tensor(v) for k, v in dm.train_dataset[i].items()} for i in range(len(dm.train_dataset))]
     held_out, train = blocks[:PRETRAIN_BATCH * 2], blocks[PRETRAIN_BATCH * 2:]
     torch.save({"train": train, "held_out": held_out}, work / "blocks.pt")
     torch.manual_seed(0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from lit_llm.datamodules.augmented import AugmentedDataset, augmented_loader
 from lit_llm.datamodules.files import DataFileError, check_texts, load_table, require_columns, row_location
 from lit_llm.datamodules.loaders import split_loader
 from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import load_tokenizer
+from lit_llm.text.augmentation import Augmenter, TextAugmentation, training_vocabulary
 
 __all__ = ["TextClassificationDataModule"]
 
@@ -37,6 +41,23 @@ class _PadKeepingText:
         return batch
 
 
+class _AugmentTexts:
+    """The transform of an augmented training example: edit its text (and pair), re-tokenize only what changed."""
+
+    def __init__(self, augmenter: Augmenter, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.augmenter, self.tokenizer, self.max_length = augmenter, tokenizer, max_length
+
+    def __call__(self, row: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        text, pair = row["text"], row.get("text_pair")
+        new_text = self.augmenter.text(text, rng)
+        new_pair = self.augmenter.text(pair, rng) if pair is not None else None
+        tokenized = {k: v for k, v in row.items() if k not in ("text", "text_pair")}
+        if new_text is None and new_pair is None:
+            return tokenized  # left as it is: the pre-tokenized example
+        enc = self.tokenizer(new_text or text, new_pair or pair, truncation=True, max_length=self.max_length)
+        return {**enc, "labels": row["labels"]}
+
+
 class TextClassificationDataModule(pl.LightningDataModule):
     """Train / validation / test / predict splits of labelled texts, tokenized once and cached by ``datasets``.
 
@@ -49,6 +70,13 @@ class TextClassificationDataModule(pl.LightningDataModule):
     Regression (``regression: true``): the label column holds one real number per example (CSV cells such as
     ``3.5``, JSON numbers or numeric strings); a value that is not a finite number is an error naming the file and
     line. ``labels`` is then ``[label_field]``, the name of the one target.
+
+    Augmentation (``augmentation: {ops: [swap, delete, insert], p: 0.5, rate: 0.1}``, see
+    :class:`~lit_llm.text.augmentation.TextAugmentation`): training examples are edited on the fly, each epoch
+    anew; validation, test and predict data never are. Labels are kept as they are. Example ``i`` of epoch ``e``
+    is edited with its own generator seeded by ``(seed, e, i)``, so a run is reproducible and an exact resume
+    replays the interrupted epoch's augmented batches identically. ``insert`` draws from the words seen at least
+    twice in the training texts.
 
     Args:
         tokenizer: tokenizer directory or hub id (usually the model's).
@@ -71,8 +99,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
         batch_size: training micro-batch per device.
         eval_batch_size: batch for validation / test / predict (default: 2 x batch_size).
         num_workers: dataloader workers.
+        augmentation: on-the-fly edits of training texts; None for none.
 
     Raises:
+        InvalidArgumentError: a bad augmentation (one asking for validation data among them).
         FileNotFoundError, DataFileError: see ``lit_llm.datamodules.files``; plus unseen labels in
             validation/test and labels outside the configured set.
 
@@ -102,6 +132,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        augmentation: TextAugmentation | None = None,
     ) -> None:
         super().__init__()
         if dataset_name is None and not any((train_file, validation_file, test_file, predict_file)):
@@ -119,7 +150,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
             )
         # logger=False: Lightning refuses to log when module and datamodule hparams share a key with different
         # values (tokenizer, multi_label); the CLI logs the whole config instead.
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["augmentation"])
+        # As plain data: a checkpoint holds only what lit-llm's weights_only loader accepts.
+        self.hparams["augmentation"] = dataclasses.asdict(augmentation) if augmentation is not None else None
         self._labels_configured = labels is not None
         self.tokenizer_name = tokenizer
         self.files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
@@ -137,6 +170,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
+        self.augmentation = augmentation
         self._labels: list[str] | None = list(labels) if labels is not None else None
         self._raw: dict[str, datasets.Dataset] = {}
         self._tokenizer: PreTrainedTokenizerBase | None = None
@@ -267,7 +301,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def _labels_from_train(self) -> bool:
         return not self._labels_configured
 
-    def _tokenize(self, dataset: datasets.Dataset, split: str, keep_text: bool) -> datasets.Dataset:
+    def _tokenize(
+        self, dataset: datasets.Dataset, split: str, keep_text: bool, keep_pair: bool = False
+    ) -> datasets.Dataset:
         tokenizer, max_length = self.tokenizer, self.max_length
         text_field, pair_field = self.text_field, self.text_pair_field
 
@@ -278,6 +314,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
             enc["truncated"] = [len(ids) > max_length for ids in full["input_ids"]]
             if keep_text:
                 enc["text"] = batch[text_field]
+            if keep_pair and pair_field:
+                enc["text_pair"] = batch[pair_field]
             return enc
 
         remove = [c for c in dataset.column_names if c != "labels"]
@@ -298,7 +336,8 @@ class TextClassificationDataModule(pl.LightningDataModule):
             return None
         if split != "predict":
             raw = raw.add_column("labels", self._encode_labels(raw, split))
-        return self._tokenize(raw, split, keep_text=split == "predict")
+        augmented = split == "train" and self.augmentation is not None  # its raw texts are edited when loaded
+        return self._tokenize(raw, split, keep_text=split == "predict" or augmented, keep_pair=augmented)
 
     @property
     def _use_prepared_validation(self) -> bool:
@@ -315,7 +354,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
                 if self._use_prepared_validation:
                     self.datasets["train"] = train
                 else:
-                    self.datasets["train"], self.datasets["validation"] = self._carve_validation(train)
+                    self.datasets["train"], val = self._carve_validation(train)
+                    # Validation is never augmented: it needs no raw texts.
+                    self.datasets["validation"] = val.remove_columns(
+                        [c for c in ("text", "text_pair") if c in val.column_names]
+                    )
             if "validation" not in self.datasets:
                 val = self._prepare_split("validation")
                 if val is None and stage == "validate":
@@ -363,7 +406,21 @@ class TextClassificationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        if self.augmentation is None:
+            return self._loader("train", True, self.batch_size)
+        if "train" not in self.datasets:
+            raise RuntimeError("no train split: call setup('fit') first or give the train file")
+        train = self.datasets["train"].with_format("python")
+        texts = list(train["text"]) + (list(train["text_pair"]) if "text_pair" in train.column_names else [])
+        augmenter = Augmenter(self.augmentation, training_vocabulary(texts, self.augmentation.protect))
+        transform = _AugmentTexts(augmenter, self.tokenizer, self.max_length)
+        return augmented_loader(
+            AugmentedDataset(train, transform, self.seed),
+            batch_size=self.batch_size,
+            collate_fn=_PadKeepingText(self.tokenizer),
+            num_workers=self.num_workers,
+            seed=self.seed,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", False, self.eval_batch_size)

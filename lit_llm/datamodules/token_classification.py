@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
+from lit_llm.datamodules.augmented import AugmentedDataset, augmented_loader
 from lit_llm.datamodules.conll import TaggedSentence, check_tags, read_tagged
 from lit_llm.datamodules.files import DataFileError
 from lit_llm.datamodules.loaders import split_loader
@@ -25,6 +28,7 @@ from lit_llm.entities import (
     tags_from_entities,
 )
 from lit_llm.hf import load_tokenizer
+from lit_llm.text.augmentation import Augmenter, TextAugmentation, training_vocabulary
 
 __all__ = ["TokenClassificationDataModule", "align_labels"]
 
@@ -107,6 +111,12 @@ class TokenClassificationDataModule(pl.LightningDataModule):
     words; ``label_all_subtokens`` changes only the training targets. Words past ``max_length`` are dropped from
     scoring (the count of truncated sentences is reported).
 
+    Augmentation (:class:`~lit_llm.text.augmentation.TextAugmentation`) edits training sentences on the fly, each
+    epoch anew, never validation / test / predict ones, and only in ways that keep every entity and the tag
+    alignment: swaps between words of the same tag, deletions of ``O`` words, ``O`` insertions outside entities,
+    replacements of ``O`` words. Sentence ``i`` of epoch ``e`` is edited with its own generator seeded by
+    ``(seed, e, i)``, so an exact resume replays the interrupted epoch's augmented batches identically.
+
     Modules read ``labels`` from this datamodule when they are not given theirs; every batch carries
     ``word_ids`` (B, T), -1 for special tokens and padding, and predict batches also carry ``words``.
 
@@ -128,7 +138,8 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         batch_size: training micro-batch per device.
         eval_batch_size: batch for validation / test / predict (default: 2 x batch_size).
         num_workers: dataloader workers.
-        seed: seed of the training shuffle.
+        seed: seed of the training shuffle (and of the augmentation).
+        augmentation: on-the-fly edits of training sentences that keep the tag alignment; None for none.
 
     Raises:
         ValueError: an unknown tag scheme, no data source, bad sizes.
@@ -160,6 +171,7 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 42,
+        augmentation: TextAugmentation | None = None,
     ) -> None:
         super().__init__()
         self.tag_scheme: TagScheme = check_scheme(tag_scheme)
@@ -179,7 +191,9 @@ class TokenClassificationDataModule(pl.LightningDataModule):
                 )
         # logger=False: Lightning refuses to log when module and datamodule hparams share a key with different
         # values (tokenizer=None vs a path); the CLI logs the whole config instead.
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["augmentation"])
+        # As plain data: a checkpoint holds only what lit-llm's weights_only loader accepts.
+        self.hparams["augmentation"] = dataclasses.asdict(augmentation) if augmentation is not None else None
         self.tokenizer_name = tokenizer
         self.files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
         self.dataset_name = dataset_name
@@ -193,6 +207,7 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.augmentation = augmentation
         self._labels: list[str] | None = list(labels) if labels is not None else None
         self._sentences: dict[str, list[TaggedSentence] | None] = {}
         self._hf: datasets.DatasetDict | None = None
@@ -302,16 +317,8 @@ class TokenClassificationDataModule(pl.LightningDataModule):
             word_ids = enc.word_ids(i)
             seen = {w for w in word_ids if w is not None}
             n_trunc += bool(seen) and max(seen) < len(sent.tokens) - 1
-            example: dict[str, Any] = {
-                "input_ids": enc["input_ids"][i],
-                "attention_mask": enc["attention_mask"][i],
-                "word_ids": [-1 if w is None else w for w in word_ids],
-            }
-            if "token_type_ids" in enc:
-                example["token_type_ids"] = enc["token_type_ids"][i]
-            if sent.tags is not None and split != "predict":
-                aligned = align_labels(word_ids, sent.tags, self.tag_scheme, all_subtokens)
-                example["labels"] = [IGNORE_INDEX if t is None else label_ids[t] for t in aligned]
+            tags = sent.tags if split != "predict" else None
+            example = _example(enc, i, tags, label_ids, self.tag_scheme, all_subtokens)
             if split == "predict":
                 example["words"] = sent.tokens
             examples.append(example)
@@ -343,7 +350,23 @@ class TokenClassificationDataModule(pl.LightningDataModule):
                             collate_fn=_Collator(self.tokenizer), num_workers=self.num_workers, seed=self.seed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        if self.augmentation is None:
+            return self._loader("train", True, self.batch_size)
+        if "train" not in self.datasets:
+            raise RuntimeError("no train split: call setup('fit') first or give the train file")
+        sentences = self.sentences("train") or []
+        # Inserted words are tagged O: draw them from words tagged O, never from entities.
+        texts = [" ".join(w for w, t in zip(s.tokens, s.tags or []) if t == "O") for s in sentences]
+        augmenter = Augmenter(self.augmentation, training_vocabulary(texts, self.augmentation.protect))
+        transform = _AugmentSentences(augmenter, self.tokenizer, self.labels, self.tag_scheme,
+                                      self.label_all_subtokens, self.max_length)
+        return augmented_loader(
+            AugmentedDataset(list(zip(sentences, self.datasets["train"])), transform, self.seed),
+            batch_size=self.batch_size,
+            collate_fn=_Collator(self.tokenizer),
+            num_workers=self.num_workers,
+            seed=self.seed,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", False, self.eval_batch_size)
@@ -364,6 +387,43 @@ class TokenClassificationDataModule(pl.LightningDataModule):
             "repaired": dict(self.repaired),
             "files": {k: str(Path(v)) for k, v in self.files.items() if v},
         }
+
+
+def _example(
+    enc: Any, i: int, tags: list[str] | None, label_ids: dict[str, int], scheme: TagScheme, all_subtokens: bool
+) -> dict[str, Any]:
+    """Model inputs of sentence ``i`` of a batch encoding, with its aligned label ids when ``tags`` is given."""
+    word_ids = enc.word_ids(i)
+    example: dict[str, Any] = {
+        "input_ids": enc["input_ids"][i],
+        "attention_mask": enc["attention_mask"][i],
+        "word_ids": [-1 if w is None else w for w in word_ids],
+    }
+    if "token_type_ids" in enc:
+        example["token_type_ids"] = enc["token_type_ids"][i]
+    if tags is not None:
+        aligned = align_labels(word_ids, tags, scheme, all_subtokens)
+        example["labels"] = [IGNORE_INDEX if t is None else label_ids[t] for t in aligned]
+    return example
+
+
+class _AugmentSentences:
+    """The transform of an augmented training sentence: tag-preserving edits, then tokenizing and aligning again."""
+
+    def __init__(self, augmenter: Augmenter, tokenizer: PreTrainedTokenizerBase, labels: list[str],
+                 scheme: TagScheme, all_subtokens: bool, max_length: int) -> None:
+        self.augmenter, self.tokenizer, self.scheme = augmenter, tokenizer, scheme
+        self.label_ids = {t: i for i, t in enumerate(labels)}
+        self.all_subtokens, self.max_length = all_subtokens, max_length
+
+    def __call__(self, item: tuple[TaggedSentence, dict[str, Any]], rng: random.Random) -> dict[str, Any]:
+        sentence, encoded = item
+        edited = self.augmenter.words(sentence.tokens, rng, sentence.tags)
+        if edited is None:
+            return encoded  # left as it is: the pre-encoded example
+        words, tags = edited
+        enc = self.tokenizer([words], is_split_into_words=True, truncation=True, max_length=self.max_length)
+        return _example(enc, 0, tags, self.label_ids, self.scheme, self.all_subtokens)
 
 
 def _is_tag(tag: str, scheme: TagScheme) -> bool:

@@ -256,8 +256,8 @@ class MaskedLMFiller:
             ids = logits[where[k]].topk(min(self.top_k * 4, logits.shape[-1])).indices.tolist()
             candidates = []
             for token_id in ids:
-                token = self.tokenizer.convert_ids_to_tokens(token_id)
-                word = self.tokenizer.decode([token_id]).strip()
+                token = str(self.tokenizer.convert_ids_to_tokens(token_id))  # one id: one token string
+                word = str(self.tokenizer.decode([token_id])).strip()
                 # Whole words only: a WordPiece continuation (##ing), punctuation or a special token would not fit.
                 if token.startswith("##") or not word.isalpha() or word.lower() == words[i].lower():
                     continue

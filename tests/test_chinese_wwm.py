@@ -205,3 +205,32 @@ def test_chinese_corpus_without_segmenter_warns(tmp_path, zh_tokenizer):
                               cache_dir=str(tmp_path / "hf"))
     with pytest.warns(UserWarning, match=r"mostly Chinese and word_boundaries='tokenizer'.*masks characters"):
         dm.setup("fit")
+
+
+def test_streaming_corpus_gets_the_same_word_starts(tmp_path, zh_tokenizer):
+    tok_dir = tmp_path / "tok"
+    zh_tokenizer.save_pretrained(tok_dir)
+    corpus = write_tagged(tmp_path / "pd.txt")
+    dm = TextCorpusDataModule(data_files=str(corpus), tokenizer=str(tok_dir), word_boundaries="tagged",
+                              streaming=True, shuffle_buffer=0, packing=False, val_fraction=0.0, block_size=32,
+                              batch_size=2)
+    dm.setup("fit")
+    rows = list(dm.train_dataset)
+    expected = tokenize_texts(PD_LINES, dm.tokenizer, 32, True, "tagged")
+    assert [r["word_starts"] for r in rows] == expected["word_starts"]
+    assert [r["input_ids"] for r in rows] == expected["input_ids"]
+
+
+def test_byte_level_bpe_tokens_spaces_and_tokens_across_a_word_boundary():
+    bpe = train_tokenizer(["北京 大学 good film in 北京"] * 50, "bpe", vocab_size=300)
+    # a byte-level token carries its leading space: " film" belongs to the word "film"
+    text, spans = segment("good film in 北京", "jieba")
+    enc = bpe(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    flags = word_starts_for_texts([text], [spans], bpe, max_length=None, add_special_tokens=True)[0]
+    assert [g.strip() for g in groups(text, flags, enc["offset_mapping"], enc["special_tokens_mask"])] == [
+        "good", "film", "in", "北京"]
+    # the gold words cut 北京 in two, but BPE made it one token: the token stays with the word it starts in
+    text, spans = segment("北/ns  京/ns", "tagged")
+    enc = bpe(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    assert len(enc["input_ids"]) == 1  # 北京: one token
+    assert word_starts_for_texts([text], [spans], bpe, max_length=None, add_special_tokens=True)[0] == [1]

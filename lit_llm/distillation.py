@@ -37,7 +37,6 @@ __all__ = [
     "distillation_targets",
     "mark_distillation_targets",
     "select_targets",
-    "find_blocks",
     "hidden_state_loss",
     "kd_loss",
     "student_from_teacher",
@@ -221,7 +220,7 @@ def student_from_teacher(teacher: nn.Module, keep_every: int = 2) -> nn.Module:
     ``from_pretrained`` round-trip. The teacher is not modified.
 
     Args:
-        teacher: an HF model (or any module with a block ModuleList, see :func:`find_blocks`).
+        teacher: an HF model (or any module with a block ModuleList, see :func:`lit_llm.hf.find_blocks`).
         keep_every: keep one block in ``keep_every``; >= 1.
 
     Raises:

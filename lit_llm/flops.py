@@ -18,13 +18,15 @@ under 1 / (12 * L).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
 
+from lit_llm.hf import config_size
+
 __all__ = [
-    "TransformerShape", "config_int", "is_matmul_module", "matmul_params", "transformer_shape", "transformer_flops",
+    "TransformerShape", "is_matmul_module", "matmul_params", "transformer_shape", "transformer_flops",
     "flops_per_batch",
 ]
 
@@ -74,21 +76,6 @@ def is_matmul_module(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def config_int(config: Any, *keys: str) -> int | None:
-    """The first of ``keys`` that ``config`` has as an int: one place for a config's aliases.
-
-    Example::
-        >>> from types import SimpleNamespace
-        >>> config_int(SimpleNamespace(n_embd=768), "hidden_size", "n_embd", "d_model")
-        768
-    """
-    for key in keys:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
 def transformer_shape(model: nn.Module) -> TransformerShape:
     """Read layers and attention width from an HF model's ``config``, count its matmul weights.
 
@@ -99,16 +86,16 @@ def transformer_shape(model: nn.Module) -> TransformerShape:
         shape = transformer_shape(AutoModelForCausalLM.from_pretrained("gpt2"))
     """
     config = getattr(model, "config", None)
-    n_layers = config_int(config, "num_hidden_layers", "n_layer", "num_layers")
-    hidden = config_int(config, "hidden_size", "n_embd", "d_model")
+    n_layers = config_size(config, "num_layers")
+    hidden = config_size(config, "hidden_size")
     if n_layers is None or hidden is None:
         raise ValueError(
             f"transformer FLOPs: {type(model).__name__} has no HF config with num_hidden_layers / n_layer and "
             "hidden_size / n_embd; pass an HF PreTrainedModel, or compute flops_per_batch yourself "
             "(lightning.fabric.utilities.throughput.measure_flops)."
         )
-    heads = config_int(config, "num_attention_heads", "n_head")
-    head_dim = config_int(config, "head_dim")
+    heads = config_size(config, "num_heads")
+    head_dim = config_size(config, "head_dim")
     # Models with an explicit head_dim (Gemma, some Qwen) have heads * head_dim != hidden_size.
     attention_dim = heads * head_dim if heads and head_dim else hidden
     return TransformerShape(matmul_params(model), n_layers, attention_dim)

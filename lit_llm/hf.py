@@ -48,6 +48,8 @@ CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
     "intermediate_size": ("intermediate_size", "n_inner", "d_ff", "ffn_dim"),
     "max_positions": ("max_position_embeddings", "n_positions", "n_ctx"),
     "vocab_size": ("vocab_size",),
+    "num_kv_heads": ("num_key_value_heads",),
+    "head_dim": ("head_dim",),
 }
 
 

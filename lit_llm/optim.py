@@ -7,7 +7,6 @@ them from ``configure_optimizers`` and hand the groups to whatever optimizer cla
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 

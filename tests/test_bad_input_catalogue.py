@@ -284,7 +284,7 @@ def test_student_attribute_that_does_not_exist(tmp_path, tiny_bert_dir):
 
 
 def test_layer_selection_on_a_model_without_blocks():
-    from lit_llm.distillation import find_blocks
+    from lit_llm.hf import find_blocks
 
     with pytest.raises(ValueError, match=r"Linear has no ModuleList of transformer blocks named layer"):
         find_blocks(nn.Linear(2, 2))

@@ -21,12 +21,11 @@ from lit_llm.distillation import (
     attach_objective,
     detach_objective,
     distillation_targets,
-    find_blocks,
     hidden_state_loss,
     kd_loss,
     select_targets,
 )
-from lit_llm.hf import build_config, config_size, load_model, load_tokenizer
+from lit_llm.hf import build_config, config_size, find_blocks, load_model, load_tokenizer
 
 __all__ = ["DistillationTeacher", "load_teacher"]
 

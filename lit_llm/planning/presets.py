@@ -247,15 +247,16 @@ def _unknown(kind: str, name: str, known: dict[str, Any], hint: str) -> ValueErr
     return ValueError(f"unknown {kind} preset {name!r}; presets: {', '.join(known)}. {hint}")
 
 
-def _config_int(config: Any, *keys: str, default: int | None = None) -> int:
-    from lit_llm.flops import config_int
+def _config_int(config: Any, name: str, default: int | None = None) -> int:
+    from lit_llm.hf import CONFIG_ALIASES, config_size
 
-    value = config_int(config, *keys)
+    value = config_size(config, name)
     if value is None:
         if default is not None:
             return default
         raise ValueError(
-            f"model_type {getattr(config, 'model_type', None)!r}: its config has none of {', '.join(keys)}; the "
+            f"model_type {getattr(config, 'model_type', None)!r}: its config has none of "
+            f"{', '.join(CONFIG_ALIASES[name])}; the "
             "planner needs them. Give explicit dimensions (--layers --hidden --heads --vocab) instead."
         )
     return value
@@ -286,19 +287,19 @@ def dims_from_hf_config(config: Any, name: str | None = None) -> ModelDims:
     """
     model_type = getattr(config, "model_type", None)
     label = name or getattr(config, "name_or_path", "") or str(model_type)
-    hidden = _config_int(config, "hidden_size", "n_embd", "d_model")
-    heads = _config_int(config, "num_attention_heads", "n_head", "num_heads")
+    hidden = _config_int(config, "hidden_size")
+    heads = _config_int(config, "num_heads")
     arch = _arch(config)
     dropout = getattr(config, "hidden_dropout_prob", getattr(config, "resid_pdrop", getattr(config, "dropout", 0.0)))
     attention_dropout = getattr(config, "attention_probs_dropout_prob",
                                 getattr(config, "attn_pdrop", getattr(config, "attention_dropout", 0.0)))
     activation = getattr(config, "hidden_act", getattr(config, "activation_function", "gelu"))
     return ModelDims(
-        label, arch, _config_int(config, "num_hidden_layers", "n_layer", "num_layers"), hidden, heads,
-        _config_int(config, "intermediate_size", "n_inner", "ffn_dim", "d_ff", default=4 * hidden),
+        label, arch, _config_int(config, "num_layers"), hidden, heads,
+        _config_int(config, "intermediate_size", default=4 * hidden),
         _config_int(config, "vocab_size"),
-        0 if arch == "llama" else _config_int(config, "max_position_embeddings", "n_positions", default=0),
-        kv_heads=_config_int(config, "num_key_value_heads", default=heads),
+        0 if arch == "llama" else _config_int(config, "max_positions", default=0),
+        kv_heads=_config_int(config, "num_kv_heads", default=heads),
         activation=str(activation), dropout=float(dropout or 0.0), attention_dropout=float(attention_dropout or 0.0),
         model_type=model_type, config_json=config.to_json_string(use_diff=False),
     )

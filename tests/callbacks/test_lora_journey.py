@@ -1,6 +1,6 @@
 """The LoRA journey a user strings together: ``lit-llm fit`` with the callback (and WarmupSchedule, GlobalBatchSize)
 -> a checkpoint holding only the adapters -> ``--ckpt_path last`` resume -> the merged artifact loaded in a fresh
-process by ``pipeline()`` -> ``lit-llm export`` of the adapter checkpoint gives the same model."""
+process by ``pipeline()`` -> ``lit-llm export`` of the best adapter checkpoint gives the same model."""
 
 from __future__ import annotations
 
@@ -111,10 +111,13 @@ def test_fit_resume_and_pipeline_of_the_merged_model(tmp_path, encoder_dir, sent
     merged_dir = run / "export-lora-merged.resume1"  # the finished run's artifacts are kept beside
     assert (run / "export-lora.resume1" / "adapter_config.json").is_file()
 
-    # The resumed run's merged model, in this process: the checkpoint's adapters on the same base, merged.
+    # The module ends the fit with its best checkpoint's weights (SequenceClassifier restores it at fit end), which
+    # the LoRA callback folds into the merged model: the merged artifact is that checkpoint's model.
+    (best,) = [p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    assert set(torch.load(best, weights_only=True)["state_dict"]) == set(keys)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(["export", str(last), str(tmp_path / "exported")])
+        code = main(["export", str(best), str(tmp_path / "exported")])
     assert code == 0, err.getvalue()
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported").eval()
     enc = AutoTokenizer.from_pretrained(tiny_bert_dir)(TEXTS, padding=True, return_tensors="pt")

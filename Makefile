@@ -27,6 +27,7 @@ install: $(STAMP)
 data: $(DATA_STAMP)
 	$(PY) scripts/prepare_data.py
 	$(PY) scripts/prepare_chinese.py
+	$(PY) scripts/prepare_affect_regression.py
 
 demo: data
 	$(VENV)/bin/lit-llm fit --config configs/finetune/minilm_rotten_tomatoes.yaml --test_after_fit true

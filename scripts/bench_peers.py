@@ -451,7 +451,7 @@ def _pretrain_setup(a: dict[str, Any]) -> tuple[Any, Any, Any]:
     import torch
     from transformers import AutoTokenizer
 
-    data = torch.load(a["blocks"])
+    data = torch.load(a["blocks"], weights_only=True)  # our own file of tensors
     return data["train"], data["held_out"], AutoTokenizer.from_pretrained(a["tokenizer"])
 
 

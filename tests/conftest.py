@@ -129,6 +129,16 @@ def sentiment_csvs(tmp_path) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
+def _private_cpu_peak_cache(request, monkeypatch):
+    """No planner test reads or writes the user's cache of measured CPU peaks (each gets its own); returns it."""
+    if "planning" not in request.node.path.parts:
+        return None
+    cache = request.getfixturevalue("tmp_path") / "lit_llm_cache"
+    monkeypatch.setenv("LIT_LLM_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(autouse=True)
 def _restore_environment():
     """Trainers leak MASTER_PORT / LOCAL_RANK / ... into os.environ; a later multi-process test would then believe
     an external launcher created its processes and wait forever for rank 1. Restore the environment after each test."""

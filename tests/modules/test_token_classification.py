@@ -260,6 +260,7 @@ CALLBACK_ARGS = {
     "StopOnNonFiniteLoss": {},
     "ExactResume": {},
     "PlainProgressBar": {"every_n_steps": 1},
+    "LoRA": {"rank": 4},
 }
 
 

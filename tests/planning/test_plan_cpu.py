@@ -4,6 +4,7 @@ once and cached."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from lit_llm.planning.cli import main
 from lit_llm.planning.cpu import BF16_SPEEDUP, cache_path, cpu_hardware, cpu_peaks, parse_cpuinfo, read_cpuinfo
 from lit_llm.planning.presets import hardware_for_device
 
-from tests.planning.conftest import cpuinfo_text
+from tests.planning.cpuinfo_fixtures import CPUINFO, cpuinfo_text
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,16 @@ def test_bf16_hardware_and_the_recommended_precision(kind, unit, precision, desc
     hw = cpu_hardware(info)  # not measured: the table's bf16 ratio for this hardware
     assert hw.peak_tflops["bf16"] == pytest.approx(hw.peak_tflops["32"] * BF16_SPEEDUP[unit])
     assert f"recommended precision {precision}" in hw.notes and "--calibrate" in hw.notes
+
+
+
+@pytest.fixture
+def cpuinfo_files(tmp_path) -> dict[str, Path]:
+    out = {}
+    for kind in CPUINFO:
+        out[kind] = tmp_path / f"{kind}.cpuinfo"
+        out[kind].write_text(cpuinfo_text(kind))
+    return out
 
 
 def test_bad_cpuinfo_names_the_file(tmp_path):

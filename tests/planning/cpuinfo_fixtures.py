@@ -1,10 +1,8 @@
-"""Planner fixtures: a private CPU-peak cache for every test, and /proc/cpuinfo texts of three kinds of CPU."""
+"""/proc/cpuinfo texts of three kinds of CPU for the planner tests (their private CPU-peak cache: tests/conftest.py).
+
+Not a conftest.py: a second conftest module would shadow tests/conftest.py for `from conftest import ...`."""
 
 from __future__ import annotations
-
-from pathlib import Path
-
-import pytest
 
 _FLAGS_COMMON = (
     "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx "
@@ -28,22 +26,3 @@ def cpuinfo_text(kind: str, processors: int = 2) -> str:
     blocks = [f"processor\t: {i}\nvendor_id\t: x\nmodel name\t: {model}\nflags\t\t: {flags}\n"
               for i in range(processors)]
     return "\n".join(blocks)
-
-
-@pytest.fixture(autouse=True)
-def _private_cpu_peak_cache(tmp_path, monkeypatch) -> Path:
-    """No test reads or writes the user's cache of measured CPU peaks."""
-    from lit_llm.planning.cpu import CACHE_ENV
-
-    cache = tmp_path / "lit_llm_cache"
-    monkeypatch.setenv(CACHE_ENV, str(cache))
-    return cache
-
-
-@pytest.fixture
-def cpuinfo_files(tmp_path) -> dict[str, Path]:
-    out = {}
-    for kind in CPUINFO:
-        out[kind] = tmp_path / f"{kind}.cpuinfo"
-        out[kind].write_text(cpuinfo_text(kind))
-    return out

@@ -41,7 +41,7 @@ from lit_llm.datamodules.resumable import ResumableDataLoader, ResumableStreamLo
 from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import load_tokenizer
 from lit_llm.text.segmentation import WORD_BOUNDARIES, WordBoundaries, parse_tagged, segment, word_starts_for_texts
-from lit_llm.text.sentence_order import make_sop_pairs
+from lit_llm.text.sentence_order import check_nsp_negatives, make_sop_pairs
 from lit_llm.tokenizer_training import TokenizerKind, train_tokenizer
 
 __all__ = ["TextCorpusDataModule", "StreamingBlocks", "NspNegatives", "is_val_document", "stream_documents",
@@ -53,7 +53,6 @@ _BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json",
 _HUGE = 1_000_000  # HF's "no limit" model_max_length is ~1e30
 
 NspNegatives = Literal["random", "swapped"]
-NSP_NEGATIVES: tuple[str, ...] = ("random", "swapped")
 
 
 def tokenize_texts(
@@ -316,15 +315,7 @@ class TextCorpusDataModule(pl.LightningDataModule):
             raise ValueError(f"shuffle_buffer={shuffle_buffer!r} must be >= 0 (0 turns the streaming shuffle off).")
         if nsp and streaming:
             raise ValueError("nsp=True needs the whole corpus to draw random segments from; use streaming=False.")
-        if nsp_negatives not in NSP_NEGATIVES:
-            raise InvalidArgumentError(
-                f"nsp_negatives={nsp_negatives!r}: choose 'random' (BERT next-sentence prediction) or 'swapped' "
-                "(ALBERT sentence-order prediction)."
-            )
-        if nsp_negatives != "random" and not nsp:
-            raise InvalidArgumentError(
-                f"nsp_negatives={nsp_negatives!r} is an option of the sentence-pair objective: set nsp=True too."
-            )
+        check_nsp_negatives(nsp, nsp_negatives)
         if word_boundaries not in WORD_BOUNDARIES:
             raise InvalidArgumentError(
                 f"word_boundaries={word_boundaries!r}: choose one of {list(WORD_BOUNDARIES)} ('tokenizer' for "

@@ -19,6 +19,7 @@ from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer
 from lit_llm.modules.best_checkpoint import export_best, output_dir
 from lit_llm.masking import mask_tokens
 from lit_llm.optim import optimizers_for
+from lit_llm.text.sentence_order import check_nsp_negatives
 from lit_llm.token_loss import StepTokenNormalizer, token_cross_entropy
 
 __all__ = ["MaskedLanguageModel", "LanguageModelBase"]
@@ -272,15 +273,7 @@ class MaskedLanguageModel(LanguageModelBase):
                 f"mask_replace_prob={mask_replace_prob!r} + random_replace_prob={random_replace_prob!r} must be "
                 "non-negative and at most 1 (BERT: 0.8 and 0.1)."
             )
-        if nsp_negatives not in ("random", "swapped"):
-            raise InvalidArgumentError(
-                f"nsp_negatives={nsp_negatives!r}: choose 'random' (BERT next-sentence prediction) or 'swapped' "
-                "(ALBERT sentence-order prediction)."
-            )
-        if nsp_negatives != "random" and not nsp:
-            raise InvalidArgumentError(
-                f"nsp_negatives={nsp_negatives!r} is an option of the sentence-pair objective: set nsp=True too."
-            )
+        check_nsp_negatives(nsp, nsp_negatives)
         self.nsp_negatives = nsp_negatives
         self.auto_class = AutoModelForPreTraining if nsp else AutoModelForMaskedLM
         self.mlm_probability, self.mask_replace_prob = mlm_probability, mask_replace_prob

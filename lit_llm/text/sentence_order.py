@@ -13,12 +13,32 @@ from __future__ import annotations
 import random
 from typing import Any
 
-__all__ = ["make_sop_pairs", "ORIGINAL_ORDER", "SWAPPED"]
+__all__ = ["make_sop_pairs", "check_nsp_negatives", "NSP_NEGATIVES", "ORIGINAL_ORDER", "SWAPPED"]
 
 ORIGINAL_ORDER = 0  # label of a pair in document order (HF's AlbertForPreTraining: sentence_order_label 0)
 SWAPPED = 1  # label of a swapped pair
 
 _FIELDS = ("input_ids", "special_tokens_mask", "word_starts")
+NSP_NEGATIVES: tuple[str, ...] = ("random", "swapped")  # BERT's random segment, ALBERT's swapped order
+
+
+def check_nsp_negatives(nsp: bool, nsp_negatives: str) -> None:
+    """The one check of the sentence-pair options, shared by the corpus datamodule and MaskedLanguageModel.
+
+    Raises:
+        InvalidArgumentError: an unknown ``nsp_negatives``, or one other than ``random`` without ``nsp``.
+    """
+    from lit_llm.errors import InvalidArgumentError
+
+    if nsp_negatives not in NSP_NEGATIVES:
+        raise InvalidArgumentError(
+            f"nsp_negatives={nsp_negatives!r}: choose 'random' (BERT next-sentence prediction) or 'swapped' "
+            "(ALBERT sentence-order prediction)."
+        )
+    if nsp_negatives != "random" and not nsp:
+        raise InvalidArgumentError(
+            f"nsp_negatives={nsp_negatives!r} is an option of the sentence-pair objective: set nsp=True too."
+        )
 
 
 def make_sop_pairs(columns: dict[str, list[list[int]]], tokenizer: Any, block_size: int, seed: int

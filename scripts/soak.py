@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         GlobalBatchSize(global_batch_size=16),
         TransformerThroughputMonitor(window_size=50),
         LowRankFactorization(rank=8, patterns=[r"intermediate\.dense"], report=False),
+        # the pruned zeros ship inside LowRankFactorization's artifact; Pruning's own cannot hold factorized layers
         Pruning(amount=0.5, start_step=0, end_step=args.steps // 2, frequency=50, patterns=[r"attention"],
-                report=False),
+                report=False, export_artifact=False),
         DistillationTeacher(teacher=str(paths["teacher"]), temperature=2.0, alpha=0.5),
         Int8Quantization(backend="onnxruntime", apply_on="fit_end", qat_start=0.8, report=False),
         StopOnNonFiniteLoss(),

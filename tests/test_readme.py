@@ -317,11 +317,11 @@ def check_yaml_block(body: str, cwd: Path) -> None:
 def readme_sections(text: str | None = None) -> dict[str, list[tuple[str, int, str]]]:
     """The blocks of each ``## `` section of the README, by section title, in README order."""
     text = README.read_text() if text is None else text
-    starts = [(m.start(), m.group(1).strip()) for m in re.finditer(r"^## (.+)$", text, flags=re.M)]
-    sections: dict[str, list[tuple[str, int, str]]] = {title: [] for _, title in starts}
+    headings = [(text[: m.start()].count("\n") + 1, m.group(1).strip())
+                for m in re.finditer(r"^## (.+)$", text, flags=re.M)]
+    sections: dict[str, list[tuple[str, int, str]]] = {title: [] for _, title in headings}
     for lang, line, body in readme_blocks(text):
-        offset = sum(len(x) + 1 for x in text.splitlines()[: line - 1])
-        title = next((t for start, t in reversed(starts) if start <= offset), None)
+        title = next((t for heading_line, t in reversed(headings) if heading_line < line), None)
         if title is not None:
             sections[title].append((lang, line, body))
     return sections

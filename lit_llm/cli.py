@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_llm.callbacks.progress import PlainProgressBar
 from lit_llm.callbacks.resume import ExactResume
-from lit_llm.checkpointing import (
+from lit_llm.training.checkpointing import (
     AtomicCheckpointIO,
     CheckpointError,
     load_checkpoint_file,
@@ -58,8 +58,8 @@ LIGHTNING_SUBCOMMANDS = {
 # Subcommands that are not Trainer methods: (module with `main(argv) -> int`, one line for `lit-llm --help`).
 EXTRA_SUBCOMMANDS = {
     "plan": ("lit_llm.planning.cli", "estimate memory and speed of each way to train a model on given hardware"),
-    "export": ("lit_llm.export", "export a checkpoint to a Hugging Face model directory (and ONNX)"),
-    "tune": ("lit_llm.tune", "search hyperparameters with Optuna, each trial an ordinary lit-llm fit run"),
+    "export": ("lit_llm.commands.export", "export a checkpoint to a Hugging Face model directory (and ONNX)"),
+    "tune": ("lit_llm.commands.tune", "search hyperparameters with Optuna, each trial an ordinary lit-llm fit run"),
 }
 TRACEBACK_ENV = "LIT_LLM_TRACEBACK"
 
@@ -123,8 +123,8 @@ def validate_ckpt_path(ckpt_path: str | None) -> None:
 
     LightningCLI reads a checkpoint's hyperparameters as soon as the arguments are parsed: with torch's message
     (which advises ``weights_only=False``, i.e. running the file's code) for a file that is not a plain checkpoint.
-    Loading it first with :func:`~lit_llm.checkpointing.load_checkpoint_file` (``weights_only=True``) turns a
-    corrupt, foreign or code-carrying file into a :class:`~lit_llm.checkpointing.CheckpointError` naming it.
+    Loading it first with :func:`~lit_llm.training.checkpointing.load_checkpoint_file` (``weights_only=True``) turns a
+    corrupt, foreign or code-carrying file into a :class:`~lit_llm.training.checkpointing.CheckpointError` naming it.
     Keywords (``last``, ``best``) and directories (sharded checkpoints) are left to the Trainer.
 
     LightningCLI then parses the hyperparameters into the config, importing the module of every ``class_path``

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))  # run from a clone without installing
 from lit_llm.cli import LitLLMCLI  # noqa: E402
 from lit_llm.datamodules.corpus import tokenize_texts  # noqa: E402
 from lit_llm.datamodules.packing import pack_blocks  # noqa: E402
-from lit_llm.masking import mask_tokens  # noqa: E402
+from lit_llm.text.masking import mask_tokens  # noqa: E402
 
 DATA = Path("data/zh")
 PRETRAIN = "configs/pretrain/bert_zh_wwm.yaml"

@@ -64,11 +64,11 @@ from lit_llm.callbacks import (  # noqa: E402
     Pruning,
     WarmupSchedule,
 )
-from lit_llm.compressed_models import load_low_rank, load_pruned  # noqa: E402
-from lit_llm.compression_report import count_parameters, example_inputs  # noqa: E402
-from lit_llm.distillation import student_from_teacher  # noqa: E402
-from lit_llm.optim import build_optimizer  # noqa: E402
-from lit_llm.quantized_artifacts import INT8_ONNX_FILE, export_bf16, export_int8_onnx, load_int8_onnx  # noqa: E402
+from lit_llm.compression.compressed_models import load_low_rank, load_pruned  # noqa: E402
+from lit_llm.compression.report import count_parameters, example_inputs  # noqa: E402
+from lit_llm.compression.distillation import student_from_teacher  # noqa: E402
+from lit_llm.training.optim import build_optimizer  # noqa: E402
+from lit_llm.compression.quantized_artifacts import INT8_ONNX_FILE, export_bf16, export_int8_onnx, load_int8_onnx  # noqa: E402
 
 LABELS = ["fresh", "rotten"]
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from lit_llm.export import export_onnx
-from lit_llm.quantized_artifacts import INT8_ONNX_FILE, OnnxRuntimeModel, _quantize_onnx, cpu_flags
-from lit_llm.quantization import DEFAULT_SKIP
+from lit_llm.commands.export import export_onnx
+from lit_llm.compression.quantized_artifacts import INT8_ONNX_FILE, OnnxRuntimeModel, _quantize_onnx, cpu_flags
+from lit_llm.compression.quantization import DEFAULT_SKIP
 
 ROOT = Path(__file__).resolve().parents[1]
 

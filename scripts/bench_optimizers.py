@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from lit_llm.optim import build_optimizer
-from lit_llm.schedules import lr_multiplier
+from lit_llm.training.optim import build_optimizer
+from lit_llm.training.schedules import lr_multiplier
 
 
 def optimizer_factories(lr: float) -> dict[str, Any]:

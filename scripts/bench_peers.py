@@ -12,9 +12,9 @@ runners of a task interleaved and their order rotated every repeat so machine no
   tokens x epochs / wall time). Goal: lit-llm at least as accurate as the HF Trainer in at most 0.9x its time.
 - ``ner`` (WNUT-16): ``lit-llm fit --config configs/finetune/minilm_wnut16.yaml --test_after_fit true`` vs the HF
   Trainer with ``DataCollatorForTokenClassification``, first-sub-word labels, scored by seqeval (strict, IOB2;
-  lit-llm's own report uses ``lit_llm.entities``, which tests/test_entities.py checks equal to seqeval).
+  lit-llm's own report uses ``lit_llm.text.entities``, which tests/text/test_entities.py checks equal to seqeval).
 - ``pretrain``, two views, each labelled: (a) framework overhead, like for like: a raw loop doing exactly
-  MaskedLanguageModel's work (``lit_llm.masking.mask_tokens``, the LM head on the masked positions only, the same
+  MaskedLanguageModel's work (``lit_llm.text.masking.mask_tokens``, the LM head on the masked positions only, the same
   token cross-entropy) vs ``MaskedLanguageModel`` in a Lightning Trainer, goal >= 0.97x tokens/s; (b) what a user
   gets by default: ``MaskedLanguageModel``'s defaults vs the HF Trainer with ``DataCollatorForLanguageModeling``'s
   defaults, goal >= 1.5x tokens/s at the same held-out loss after the same tokens (one evaluation function, fixed
@@ -429,7 +429,7 @@ def _held_out_loss(model: Any, held_out: list[dict[str, Any]], tok: Any) -> floa
     """Mean MLM cross-entropy on fixed masks (seed 1234): the same function for every runner."""
     import torch
 
-    from lit_llm.masking import mask_tokens
+    from lit_llm.text.masking import mask_tokens
 
     model.eval()
     total, count = 0.0, 0
@@ -460,8 +460,8 @@ def run_pre_raw(a: dict[str, Any], work: Path) -> dict[str, Any]:
     import torch
     from transformers import BertForMaskedLM
 
-    from lit_llm.masking import mask_tokens
-    from lit_llm.token_loss import token_cross_entropy
+    from lit_llm.text.masking import mask_tokens
+    from lit_llm.training.token_loss import token_cross_entropy
 
     train, held_out, tok = _pretrain_setup(a)
     torch.manual_seed(0)

@@ -4,8 +4,9 @@
    subset of the training snippets (3,000 by default); ``lit-llm tune`` runs N trials of it (8 by default) over
    ``configs/tune/minilm_rotten_tomatoes_search.yaml`` (lr, weight decay, batch size), TPE seeded.
 2. Retrain: the main config with the best trial's values (written as a runnable YAML by
-   :func:`lit_llm.tune.write_best_config`) and the hand-set main config, each a full ``lit-llm fit --test_after_fit
-   true`` run on all training snippets; both report validation accuracy (best checkpoint), then test accuracy.
+   :func:`lit_llm.commands.tune.write_best_config`) and the hand-set main config, each a full ``lit-llm fit
+   --test_after_fit true`` run on all training snippets; both report validation accuracy (best checkpoint), then
+   test accuracy.
 
 Validation selects; test is read once per config, after the choice is made.
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny model and data, 2 trials: checks the script")
     args = parser.parse_args(argv)
 
-    from lit_llm import tune
+    from lit_llm.commands import tune
 
     main_cfg = yaml.safe_load(MAIN_CONFIG.read_text())
     data_args = main_cfg["data"]["init_args"]

@@ -177,7 +177,7 @@ def device_peak_flops(device: torch.device) -> tuple[float | None, str]:
 def mlm_throughput(tok: Path, device: torch.device, seq_len: int, batch: int, dry_run: bool) -> dict[str, Any]:
     from lightning.pytorch import Trainer
 
-    from lit_llm.flops import flops_per_batch
+    from lit_llm.training.flops import flops_per_batch
     from lit_llm.modules import MaskedLanguageModel
 
     vocab = vocab_size(dry_run)
@@ -287,7 +287,7 @@ def int8_check(device: torch.device, dry_run: bool) -> dict[str, Any]:
         return {"skipped": missing}
     from transformers import AutoModelForSequenceClassification
 
-    from lit_llm.quantization import quantize_bitsandbytes
+    from lit_llm.compression.quantization import quantize_bitsandbytes
 
     config = hf_bert_config(dry_run, num_labels=2)
     torch.manual_seed(0)

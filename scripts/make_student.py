@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification
 
-from lit_llm.distillation import student_from_teacher
+from lit_llm.compression.distillation import student_from_teacher
 from lit_llm.hf import check_export_dir, export_pretrained, load_model, load_tokenizer
 
 

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from lit_llm.datamodules.conll import read_conll
-from lit_llm.entities import extract_entities
+from lit_llm.text.entities import extract_entities
 
 SPLITS = ("train", "validation", "test")
 

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         TransformerThroughputMonitor,
         WarmupSchedule,
     )
-    from lit_llm.checkpointing import AtomicCheckpointIO
+    from lit_llm.training.checkpointing import AtomicCheckpointIO
     from lit_llm.datamodules import TextClassificationDataModule
     from lit_llm.modules import SequenceClassifier
 

@@ -36,7 +36,7 @@ def joined_pd_text() -> list[str]:
 
 def make_zh_tokenizer(out_dir: Path | None = None):
     """A character-level WordPiece tokenizer (NFKC) trained on the fixtures by our tokenizer training."""
-    from lit_llm.tokenizer_training import train_tokenizer
+    from lit_llm.text.tokenizer_training import train_tokenizer
 
     texts = (joined_pd_text() + SENTENCES + NEGATIVE + POSITIVE) * 3
     return train_tokenizer(texts, "wordpiece", vocab_size=150, out_dir=out_dir, nfkc=True, model_max_length=128)

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_llm.checkpointing import AtomicCheckpointIO
+from lit_llm.training.checkpointing import AtomicCheckpointIO
 from lit_llm.datamodules.files import DataFileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_export_cli_on_a_missing_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("how", ["torch_save", "bare_pickle"])
 def test_export_refuses_a_pickle_of_arbitrary_objects(tmp_path, how):
-    from lit_llm.export import CheckpointError, load_checkpoint
+    from lit_llm.commands.export import CheckpointError, load_checkpoint
 
     path, marker = _pickle_of_objects(tmp_path, how)
     with pytest.raises(CheckpointError, match=r"is not a readable checkpoint .*lit-llm loads with weights_only=True"):
@@ -118,7 +118,7 @@ def test_export_refuses_a_pickle_of_arbitrary_objects(tmp_path, how):
 
 
 def test_export_directory_that_is_not_a_sharded_checkpoint(tmp_path):
-    from lit_llm.export import CheckpointError, load_checkpoint
+    from lit_llm.commands.export import CheckpointError, load_checkpoint
 
     (tmp_path / "ckpts").mkdir()
     with pytest.raises(CheckpointError, match=r"ckpts is a directory but not a distributed checkpoint"):
@@ -126,7 +126,7 @@ def test_export_directory_that_is_not_a_sharded_checkpoint(tmp_path):
 
 
 def test_export_checkpoint_of_no_known_module(tmp_path):
-    from lit_llm.export import CheckpointError, export_checkpoint
+    from lit_llm.commands.export import CheckpointError, export_checkpoint
 
     path = tmp_path / "user.ckpt"
     torch.save({"state_dict": {"layer.weight": torch.zeros(1, 2)}, "hyper_parameters": {}}, path)
@@ -136,7 +136,7 @@ def test_export_checkpoint_of_no_known_module(tmp_path):
 
 
 def test_onnx_export_without_the_onnx_package(tmp_path, monkeypatch):
-    from lit_llm.export import export_onnx
+    from lit_llm.commands.export import export_onnx
 
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"ONNX export needs the onnx package: pip install onnx"):
@@ -144,7 +144,7 @@ def test_onnx_export_without_the_onnx_package(tmp_path, monkeypatch):
 
 
 def test_export_of_a_pickle_of_objects_names_what_it_refused(tmp_path):
-    from lit_llm.export import CheckpointError, load_checkpoint
+    from lit_llm.commands.export import CheckpointError, load_checkpoint
 
     path, _ = _pickle_of_objects(tmp_path, "torch_save")
     with pytest.raises(CheckpointError) as info:
@@ -520,7 +520,7 @@ def test_model_with_its_own_code_names_the_switch(tmp_path, monkeypatch):
 
 
 def test_entity_metric_with_mismatched_shapes():
-    from lit_llm.entities import EntityMetric
+    from lit_llm.text.entities import EntityMetric
 
     metric = EntityMetric(["O", "B-PER", "I-PER"])
     with pytest.raises(ValueError, match=r"preds \(1, 3\) and target \(1, 2\) must have the same shape"):
@@ -532,7 +532,7 @@ def test_entity_metric_with_mismatched_shapes():
     [({"kind": "unigram"}, r"kind='unigram'\): choose 'wordpiece'"), ({"vocab_size": 50}, r"vocab_size=50\): use at")],
 )
 def test_train_tokenizer_bad_arguments(kwargs, match):
-    from lit_llm.tokenizer_training import train_tokenizer
+    from lit_llm.text.tokenizer_training import train_tokenizer
 
     with pytest.raises(ValueError, match=match):
         train_tokenizer(["the movie"], **kwargs)
@@ -553,7 +553,7 @@ def test_compression_callback_bad_arguments():
 def test_pruning_scope_that_does_not_exist():
     from transformers import BertConfig, BertForSequenceClassification
 
-    from lit_llm.pruning import magnitude_masks, structured_masks
+    from lit_llm.compression.pruning import magnitude_masks, structured_masks
 
     model = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=8))
@@ -589,7 +589,7 @@ def test_global_batch_with_a_zero_micro_batch():
 
 # ---------------------------------------------------------------------------------------------------- wandb files
 def test_wandb_offline_files(tmp_path):
-    from lit_llm.wandb_offline import _FILE_HEADER, find_run_file, read_offline_run
+    from lit_llm.tracking.wandb_offline import _FILE_HEADER, find_run_file, read_offline_run
 
     with pytest.raises(FileNotFoundError, match=r"no run-\*\.wandb file below .*was the run logged with W&B offline"):
         find_run_file(tmp_path)

@@ -16,7 +16,7 @@ from chinese_helpers import PD_LINES, SENTENCES, groups, make_zh_tokenizer, writ
 from lit_llm.datamodules.corpus import TextCorpusDataModule, tokenize_texts
 from lit_llm.datamodules.packing import tokenize_documents
 from lit_llm.errors import InvalidArgumentError, UserInputError
-from lit_llm.masking import mask_tokens
+from lit_llm.text.masking import mask_tokens
 from lit_llm.text.segmentation import (
     MAX_WORD_TOKENS,
     SegmentationError,
@@ -25,7 +25,7 @@ from lit_llm.text.segmentation import (
     segment,
     word_starts_for_texts,
 )
-from lit_llm.tokenizer_training import train_tokenizer
+from lit_llm.text.tokenizer_training import train_tokenizer
 
 
 @pytest.fixture(scope="module")

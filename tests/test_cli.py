@@ -104,7 +104,7 @@ def test_fit_and_test_in_a_subprocess_with_wandb(tmp_path, tiny_bert_dir, sentim
     clf = pipeline("text-classification", model=str(run_dir / "export"), device="cpu")
     assert clf("the film was brilliant")[0]["label"] in ("fresh", "rotten")
 
-    from lit_llm.wandb_offline import read_offline_run
+    from lit_llm.tracking.wandb_offline import read_offline_run
 
     run = read_offline_run(run_dir / "wandb")
     assert run.series("train/loss_step"), run.history[:3]
@@ -154,7 +154,7 @@ def test_early_stopping_on_a_plateau(tmp_path, tiny_bert_dir, sentiment_csvs, mo
     assert cli.trainer.should_stop
     assert cli.trainer.current_epoch == 2  # epoch 0 sets the best, epochs 1 is no better -> stop
     assert cli.run_dir == tmp_path / "runs" / "tiny" / "version_0"
-    from lit_llm.checkpointing import AtomicCheckpointIO
+    from lit_llm.training.checkpointing import AtomicCheckpointIO
 
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # checkpoints written atomically
 

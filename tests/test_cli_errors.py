@@ -15,7 +15,7 @@ import yaml
 from hostile_checkpoints import payload
 
 from lit_llm.callbacks import PlainProgressBar
-from lit_llm.checkpointing import CheckpointError
+from lit_llm.training.checkpointing import CheckpointError
 from lit_llm.cli import (
     EXTRA_SUBCOMMANDS,
     LIGHTNING_SUBCOMMANDS,

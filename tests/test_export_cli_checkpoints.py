@@ -18,7 +18,7 @@ import yaml
 
 from export_helpers import UserClassifier, fresh_process_logits, in_memory_logits
 from lit_llm.cli import main
-from lit_llm.export import CheckpointError, load_checkpoint, rebuild_module
+from lit_llm.commands.export import CheckpointError, load_checkpoint, rebuild_module
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -128,7 +128,8 @@ def test_the_module_class_is_validated_before_anything_is_imported(tmp_path):
         ("os.system", r"'os.system' is not a LightningModule subclass"),
         ("antigravity.Fly", r"'antigravity.Fly' is not a LightningModule subclass"),
         ("x; import os", r"'x; import os' is not a class path"),
-        ("lit_llm.export.CheckpointError", r"'lit_llm.export.CheckpointError' is not a LightningModule subclass"),
+        ("lit_llm.commands.export.CheckpointError",
+         r"'lit_llm.commands.export.CheckpointError' is not a LightningModule subclass"),
         ("no_such_package_xyz.Module", r"'no_such_package_xyz.Module' cannot be imported .*PYTHONPATH"),
     ]:
         state["hyper_parameters"] = {"_class_path": class_path}

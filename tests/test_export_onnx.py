@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_llm.export import export_onnx, onnx_input_names
+from lit_llm.commands.export import export_onnx, onnx_input_names
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -62,7 +62,7 @@ def test_gpt2_takes_no_token_types(tiny_gpt2_dir, tiny_bert_dir):
 def test_export_onnx_gives_the_model_back_in_its_own_mode(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from lit_llm.export import export_onnx
+    from lit_llm.commands.export import export_onnx
 
     model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=20))

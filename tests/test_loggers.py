@@ -12,7 +12,7 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lit_llm.cli import LitLLMCLI, logger_locations
-from lit_llm.reports import log_figure, plot_confusion_matrix
+from lit_llm.tracking.reports import log_figure, plot_confusion_matrix
 from tests.test_cli import _config
 
 TENSORBOARD = {

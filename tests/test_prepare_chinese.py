@@ -10,7 +10,7 @@ import pytest
 
 from chinese_helpers import NEGATIVE, PD_LINES, POSITIVE, write_sentiment_dir, write_tagged
 from lit_llm.datamodules.conll import read_conll
-from lit_llm.entities import extract_entities
+from lit_llm.text.entities import extract_entities
 from lit_llm.text.segmentation import parse_tagged
 
 REPO = Path(__file__).resolve().parents[1]

@@ -362,6 +362,52 @@ def test_every_readme_section_with_blocks_is_in_a_chain():
     assert not orphans, f"README sections that no chain of tests/test_readme.py runs: {orphans}"
 
 
+def readme_lit_llm_names(text: str | None = None) -> list[tuple[int, str]]:
+    """Every lit-llm name the README shows: ``from lit_llm.x import a, b`` lines and dotted ``lit_llm.x.y`` names."""
+    text = README.read_text() if text is None else text
+    names = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        for module, imported in re.findall(r"from (lit_llm[\w.]*) import ([\w, ]+)", line):
+            names += [(number, f"{module}.{name.strip()}") for name in imported.split(",") if name.strip()]
+        names += [(number, dotted) for dotted in re.findall(r"(?<![\w./-])(lit_llm(?:\.\w+)+)", line)]
+    return names
+
+
+def test_every_lit_llm_name_in_the_readme_imports():
+    """The public import paths the README shows resolve (a move of the code must update the README with it)."""
+    import importlib
+
+    def resolve(dotted: str) -> None:
+        parts = dotted.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable module prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError as error:
+                if error.name is None or not ".".join(parts[:cut]).startswith(error.name):
+                    raise
+                continue
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+            return
+
+    names = readme_lit_llm_names()
+    assert len(names) > 20, names  # the README shows many: the pattern still finds them
+    broken = []
+    for line, dotted in names:
+        try:
+            resolve(dotted)
+        except (ImportError, AttributeError) as error:
+            broken.append(f"README.md:{line}: {dotted} ({error})")
+    assert not broken, "README names that no longer import:\n" + "\n".join(broken)
+
+
+def test_readme_name_finder_sees_imports_and_dotted_names():
+    found = readme_lit_llm_names("from lit_llm.compression import load_pruned, load_low_rank\n"
+                                 "see `lit_llm.training.schedules.lr_multiplier` or lit_llm/hf.py\n")
+    assert [n for _, n in found] == ["lit_llm.compression.load_pruned", "lit_llm.compression.load_low_rank",
+                                     "lit_llm.compression", "lit_llm.training.schedules.lr_multiplier"]
+
+
 @pytest.mark.parametrize("chain", sorted(CHAINS))
 def test_readme_runs_top_to_bottom(chain, world):
     sections = readme_sections()

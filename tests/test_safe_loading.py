@@ -119,7 +119,7 @@ def _calls(attr: str):
 def test_every_torch_load_is_weights_only_and_the_library_has_one_loader():
     import inspect
 
-    from lit_llm.checkpointing import load_checkpoint_file
+    from lit_llm.training.checkpointing import load_checkpoint_file
 
     # The one loader passes its parameter on and defaults to True (AtomicCheckpointIO passes True unless Lightning
     # is explicitly told weights_only=False); every other part of the library calls it instead of torch.load.
@@ -130,7 +130,7 @@ def test_every_torch_load_is_weights_only_and_the_library_has_one_loader():
             continue
         found += 1
         value = {k.arg: k.value for k in call.keywords}.get("weights_only")
-        in_loader = str(path) == "lit_llm/checkpointing.py"
+        in_loader = str(path) == "lit_llm/training/checkpointing.py"
         if str(path).startswith("lit_llm") and not in_loader:
             elsewhere.append(f"{path}:{line}")
         if not (isinstance(value, ast.Constant) and value.value is True) and not (
@@ -138,7 +138,8 @@ def test_every_torch_load_is_weights_only_and_the_library_has_one_loader():
         ):
             unsafe.append(f"{path}:{line}")
     assert found >= 1 and unsafe == [], f"torch.load without weights_only=True at {unsafe}"
-    assert elsewhere == [], f"torch.load outside lit_llm/checkpointing.py (use load_checkpoint_file) at {elsewhere}"
+    assert elsewhere == [], (f"torch.load outside lit_llm/training/checkpointing.py (use load_checkpoint_file) "
+                            f"at {elsewhere}")
 
 
 def test_every_from_pretrained_in_the_library_goes_through_the_remote_code_switch():
@@ -151,12 +152,13 @@ def test_every_from_pretrained_in_the_library_goes_through_the_remote_code_switc
 
 
 # ---------------------------------------------------------------------------------------------------- hostile files
-# Every path that loads a user's checkpoint goes through lit_llm.checkpointing.load_checkpoint_file. Each hostile
-# checkpoint below writes a marker file when unpickled without restriction (test_the_hostile_checkpoints_are_armed);
-# each loading path must refuse it with a CheckpointError that names the file and the global it refused, never advise
-# weights_only=False, and leave no marker. (`--ckpt_path` and the distillation teacher are tested in their own files.)
+# Every path that loads a user's checkpoint goes through lit_llm.training.checkpointing.load_checkpoint_file. Each
+# hostile checkpoint below writes a marker file when unpickled without restriction
+# (test_the_hostile_checkpoints_are_armed); each loading path must refuse it with a CheckpointError that names the file
+# and the global it refused, never advise weights_only=False, and leave no marker. (`--ckpt_path` and the distillation
+# teacher are tested in their own files.)
 def _refuse_with_the_loader(path: Path, tmp_path: Path) -> str:
-    from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
+    from lit_llm.training.checkpointing import CheckpointError, load_checkpoint_file
 
     with pytest.raises(CheckpointError) as info:
         load_checkpoint_file(path)
@@ -164,7 +166,7 @@ def _refuse_with_the_loader(path: Path, tmp_path: Path) -> str:
 
 
 def _refuse_on_resume(path: Path, tmp_path: Path) -> str:
-    from lit_llm.checkpointing import AtomicCheckpointIO, CheckpointError
+    from lit_llm.training.checkpointing import AtomicCheckpointIO, CheckpointError
 
     with pytest.raises(CheckpointError) as info:
         AtomicCheckpointIO().load_checkpoint(path)
@@ -190,7 +192,7 @@ def _refuse_best_checkpoint_reload(path: Path, tmp_path: Path) -> str:
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lit_llm.checkpointing import CheckpointError
+    from lit_llm.training.checkpointing import CheckpointError
     from lit_llm.modules.best_checkpoint import restore_best_checkpoint
 
     class Tiny(pl.LightningModule):
@@ -254,7 +256,7 @@ def test_a_sharded_checkpoint_with_a_hostile_entry_runs_no_code(tmp_path):
     from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
     from hostile_checkpoints import Payload
-    from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
+    from lit_llm.training.checkpointing import CheckpointError, load_checkpoint_file
 
     for where in ("entry", "meta"):
         folder, marker = tmp_path / f"sharded_{where}", tmp_path / f"marker_{where}"
@@ -278,8 +280,8 @@ def test_a_sharded_checkpoint_with_a_hostile_entry_runs_no_code(tmp_path):
 def test_the_allowlist_is_exact_names_of_inert_classes_each_with_a_reason():
     import importlib
 
-    from lit_llm import checkpointing
-    from lit_llm.checkpointing import ALLOWED_GLOBALS
+    from lit_llm.training import checkpointing
+    from lit_llm.training.checkpointing import ALLOWED_GLOBALS
 
     source = Path(checkpointing.__file__).read_text()
     block = source[source.index("ALLOWED_GLOBALS: tuple"):].split("\n)\n")[0].splitlines()[1:]
@@ -298,7 +300,7 @@ def test_a_path_among_hyper_parameters_loads_and_is_what_the_allowlist_admits(tm
 
     import torch
 
-    from lit_llm.checkpointing import load_checkpoint_file
+    from lit_llm.training.checkpointing import load_checkpoint_file
 
     path = tmp_path / "user.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"data_dir": tmp_path / "data"}}, path)
@@ -314,7 +316,7 @@ def test_unreadable_files_name_the_file_and_never_advise_unsafe_loading(tmp_path
     import torch
 
     from hostile_checkpoints import Payload
-    from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
+    from lit_llm.training.checkpointing import CheckpointError, load_checkpoint_file
 
     path, marker = tmp_path / f"{content}.ckpt", tmp_path / "ran"
     if content == "text":

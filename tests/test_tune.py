@@ -16,7 +16,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from lit_llm import tune
+from lit_llm.commands import tune
 from lit_llm.errors import InvalidArgumentError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,7 +255,7 @@ def test_tune_runs_trials_resumes_after_a_kill_and_writes_a_runnable_best_config
     tmp_path, tiny_bert_dir, sentiment_csvs, monkeypatch, capsys
 ):
     from lit_llm.cli import main as lit_llm
-    from lit_llm.wandb_offline import _frames, find_run_file
+    from lit_llm.tracking.wandb_offline import _frames, find_run_file
 
     monkeypatch.chdir(tmp_path)
     config = _tiny_config(tmp_path, tiny_bert_dir, sentiment_csvs, wandb=True)

@@ -16,8 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
-from lit_llm.distillation import (
+from lit_llm.training.checkpointing import CheckpointError, load_checkpoint_file
+from lit_llm.compression.distillation import (
     attach_objective,
     detach_objective,
     distillation_targets,
@@ -59,14 +59,14 @@ def load_teacher(
     """Load a teacher from an HF directory / hub id, or from a lit-llm (Lightning) ``.ckpt``.
 
     For a ``.ckpt`` the architecture comes from ``architecture`` (an HF dir / config dict) or from the checkpoint's
-    ``hyper_parameters["model"]``; the weights are the ``state_dict`` entries under ``prefix``. The file is read by
-    :func:`lit_llm.checkpointing.load_checkpoint_file` (``weights_only=True``): a checkpoint holding Python objects
-    is refused, never unpickled.
+    ``hyper_parameters["model"]``; the weights are the ``state_dict`` entries under ``prefix``. The file is read
+    by :func:`lit_llm.training.checkpointing.load_checkpoint_file` (``weights_only=True``): a checkpoint holding
+    Python objects is refused, never unpickled.
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: a file that is not a model checkpoint (:class:`~lit_llm.checkpointing.CheckpointError`), or no
-            architecture to build.
+        ValueError: a file that is not a model checkpoint (:class:`~lit_llm.training.checkpointing.CheckpointError`), or
+            no architecture to build.
 
     Example::
         teacher = load_teacher("runs/teacher/export", AutoModelForSequenceClassification)
@@ -196,14 +196,15 @@ class DistillationTeacher(Callback):
 
     Which positions: logits ``(B, C)`` (a classifier) are distilled per example; token logits ``(B, T, V)`` on
     every non-padding position, unless the module marks its targets with
-    :func:`lit_llm.distillation.mark_distillation_targets`. Our :class:`~lit_llm.modules.MaskedLanguageModel` marks
+    :func:`lit_llm.compression.mark_distillation_targets`. Our :class:`~lit_llm.modules.MaskedLanguageModel` marks
     the masked positions (DistilBERT; the teacher sees the same masked input and its logits are taken at the
     positions where the student's sparse LM head ran) and :class:`~lit_llm.modules.CausalLanguageModel` every
     position that predicts a non-padding next token; both return a token *sum* (exact token loss), and the KD term
     is then a sum over the same targets, so the step's normalization treats both terms alike.
 
-    A module that still passes its loss through :func:`lit_llm.distillation.apply_training_objectives` (the contract
-    of earlier versions; needed under manual optimization, before ``manual_backward``) gets the term once, there.
+    A module that still passes its loss through :func:`lit_llm.compression.distillation.apply_training_objectives` (the
+    contract of earlier versions; needed under manual optimization, before ``manual_backward``) gets the term once,
+    there.
 
     The teacher lives on this callback, never on the module: it is not trained, not in the student's optimizer
     and not in the student's checkpoint. Hidden-state distillation matches student block ``s`` to teacher block
@@ -472,7 +473,7 @@ class DistillationTeacher(Callback):
             raise RuntimeError(
                 f"DistillationTeacher: {name} uses manual optimization, so the callback cannot change the loss you "
                 "backward. Pass it through the objective before manual_backward: `loss = apply_training_objectives("
-                "self, batch, outputs, loss)` (from lit_llm.distillation)."
+                "self, batch, outputs, loss)` (from lit_llm.compression.distillation)."
             )
         loss = result.get("loss") if isinstance(result, Mapping) else result
         if not isinstance(loss, torch.Tensor):

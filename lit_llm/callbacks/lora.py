@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lit_llm.compressed_models import (
+from lit_llm.compression.compressed_models import (
     check_artifact_dir,
     gathered_state_dict,
     hf_model_of,

@@ -13,7 +13,7 @@ from torch import nn
 from typing_extensions import override
 
 from lit_llm.callbacks.pruning import check_artifact_order
-from lit_llm.compressed_models import (
+from lit_llm.compression.compressed_models import (
     LOW_RANK_MANIFEST,
     artifact_stats,
     write_module_artifact,
@@ -21,8 +21,8 @@ from lit_llm.compressed_models import (
     hf_model_of,
     save_low_rank,
 )
-from lit_llm.compression_report import first_batch, measure, task_model, update_report
-from lit_llm.low_rank import LowRankLinear, factorize_model
+from lit_llm.compression.report import first_batch, measure, task_model, update_report
+from lit_llm.compression.low_rank import LowRankLinear, factorize_model
 
 __all__ = ["LowRankFactorization"]
 
@@ -40,9 +40,9 @@ class LowRankFactorization(Callback):
     export hold the factorized layers (``...query.a.weight`` / ``...query.b.weight``), which ``from_pretrained``
     cannot rebuild. So at the end of a successful fit (``export_artifact=True``) the factorized model is written to
     ``artifact_dir`` (default ``<trainer.default_root_dir>/export-low-rank``) by
-    :func:`lit_llm.compressed_models.save_low_rank`: the factors as they are (not merged back, so the files keep
+    :func:`lit_llm.compression.save_low_rank`: the factors as they are (not merged back, so the files keep
     the saving), ``lit_llm_low_rank.json`` with each factorized Linear's shape and rank, ``model.onnx`` and the
-    module's tokenizer. Load it with :func:`lit_llm.compressed_models.load_low_rank`, or serve ``model.onnx``
+    module's tokenizer. Load it with :func:`lit_llm.compression.load_low_rank`, or serve ``model.onnx``
     with onnxruntime. It is written in ``teardown``, after every ``on_fit_end`` hook (ours restore the best
     checkpoint there), so it holds the weights the module ends the fit with. A non-empty directory is refused
     at fit start.
@@ -166,7 +166,7 @@ class LowRankFactorization(Callback):
         stats = artifact_stats(self.artifact_path, LOW_RANK_MANIFEST)
         rank_zero_info(
             f"LowRankFactorization: wrote the factorized model to {self.artifact_path} ({stats['parameters']:,} "
-            f"parameters, dense {stats['dense_parameters']:,}); load it with lit_llm.compressed_models.load_low_rank."
+            f"parameters, dense {stats['dense_parameters']:,}); load it with lit_llm.compression.load_low_rank."
         )
         if self.report:
             update_report(Path(trainer.default_root_dir), "low_rank_artifact", stats, trainer)

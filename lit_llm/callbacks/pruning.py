@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lit_llm.compressed_models import (
+from lit_llm.compression.compressed_models import (
     PRUNING_MANIFEST,
     artifact_stats,
     write_module_artifact,
@@ -19,9 +19,9 @@ from lit_llm.compressed_models import (
     hf_model_of,
     save_pruned,
 )
-from lit_llm.compression_report import first_batch, measure, task_model, update_report
-from lit_llm.low_rank import LowRankLinear
-from lit_llm.pruning import (
+from lit_llm.compression.report import first_batch, measure, task_model, update_report
+from lit_llm.compression.low_rank import LowRankLinear
+from lit_llm.compression.pruning import (
     Masks,
     apply_masks,
     cubic_sparsity,
@@ -76,9 +76,9 @@ class Pruning(Callback):
     model are a plain model.
 
     At the end of a successful fit (``export_artifact=True``) the pruned model is written to ``artifact_dir`` (default
-    ``<trainer.default_root_dir>/export-pruned``) by :func:`lit_llm.compressed_models.save_pruned`: zeroed heads and
+    ``<trainer.default_root_dir>/export-pruned``) by :func:`lit_llm.compression.save_pruned`: zeroed heads and
     FFN neurons sliced away so the files are really smaller, ``lit_llm_pruning.json`` with each block's widths,
-    ``model.onnx`` and the module's tokenizer; load it with :func:`lit_llm.compressed_models.load_pruned` or serve
+    ``model.onnx`` and the module's tokenizer; load it with :func:`lit_llm.compression.load_pruned` or serve
     ``model.onnx`` with onnxruntime (unstructured pruning: the same directory, dense with the zeros kept, which
     ``from_pretrained`` also loads). It is written in ``teardown``, after every ``on_fit_end`` hook, so it holds
     the weights the module ends the fit with (ours restore the best checkpoint in their ``on_fit_end``); the
@@ -228,7 +228,7 @@ class Pruning(Callback):
         stats = artifact_stats(self.artifact_path, PRUNING_MANIFEST)
         rank_zero_info(
             f"Pruning: wrote the pruned model to {self.artifact_path} ({stats['parameters']:,} parameters, "
-            f"dense {stats['dense_parameters']:,}); load it with lit_llm.compressed_models.load_pruned."
+            f"dense {stats['dense_parameters']:,}); load it with lit_llm.compression.load_pruned."
         )
         if self.report:
             update_report(Path(trainer.default_root_dir), "pruning_artifact", stats, trainer)

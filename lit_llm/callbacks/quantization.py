@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lit_llm.compression_report import (
+from lit_llm.compression.report import (
     example_inputs,
     first_batch,
     latency_ms,
@@ -24,7 +24,7 @@ from lit_llm.compression_report import (
     update_report,
 )
 from lit_llm.hf import check_export_dir
-from lit_llm.quantization import (
+from lit_llm.compression.quantization import (
     BACKENDS,
     DEFAULT_SKIP,
     Backend,
@@ -35,7 +35,7 @@ from lit_llm.quantization import (
     quantize_bitsandbytes,
     remove_fake_quant,
 )
-from lit_llm.quantized_artifacts import (
+from lit_llm.compression.quantized_artifacts import (
     INT8_ONNX_FILE,
     OnnxRuntimeModel,
     export_bitsandbytes,
@@ -55,8 +55,8 @@ class Int8Quantization(Callback):
     - ``onnxruntime`` (default; int8 for CPU serving): the float model is exported to ONNX and its Linear MatMuls
       quantized by ONNX Runtime (int8 weights, one scale per output row; activations per batch). The artifact is a
       directory with ``model.int8.onnx``, ``config.json`` and the tokenizer that ``onnxruntime.InferenceSession``
-      serves (see :mod:`lit_llm.quantized_artifacts`). ``trainer.test`` / ``predict`` then run that same ONNX
-      Runtime session on CPU (inputs are moved there, logits back), so the reported int8 metric is the artifact's.
+      serves (see :mod:`lit_llm.compression.quantized_artifacts`). ``trainer.test`` / ``predict`` then run that same
+      ONNX Runtime session on CPU (inputs are moved there, logits back), so the reported int8 metric is the artifact's.
     - ``bitsandbytes`` (int8 for CUDA serving): Linear layers become ``bnb.nn.Linear8bitLt`` (LLM.int8) in place;
       the artifact is an HF directory with bitsandbytes weights and the ``quantization_config`` that
       ``from_pretrained`` needs (bitsandbytes >= 0.45 and accelerate; CPU too).
@@ -67,7 +67,7 @@ class Int8Quantization(Callback):
     ``nn.Module``; for the artifact a transformers ``PreTrainedModel``) and test / predict batches are dicts with
     ``input_ids`` (plus optional ``attention_mask``, ``token_type_ids``, ``labels``) that ``test_step`` passes to
     ``self.model(...)``, reading ``.logits`` / ``.loss``. With ``onnxruntime``, quantizing *replaces*
-    ``pl_module.model`` by an :class:`~lit_llm.quantized_artifacts.OnnxRuntimeModel` (inference only, no
+    ``pl_module.model`` by an :class:`~lit_llm.compression.quantized_artifacts.OnnxRuntimeModel` (inference only, no
     parameters); the float weights live on in the checkpoints and float export. The tokenizer saved in the artifact
     is ``pl_module.tokenizer`` or else ``trainer.datamodule.tokenizer`` (a warning when there is none). Unmet
     parts of the contract raise at fit / test start.

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from typing_extensions import override
 
-from lit_llm.flops import TransformerShape, transformer_flops, transformer_shape
+from lit_llm.training.flops import TransformerShape, transformer_flops, transformer_shape
 
 __all__ = ["TransformerThroughputMonitor", "batch_input_ids"]
 
@@ -40,7 +40,7 @@ def batch_input_ids(batch: Any, key: str = "input_ids") -> torch.Tensor:
 
 
 class TransformerThroughputMonitor(ThroughputMonitor):
-    """Log samples/s, tokens/s, FLOPs/s and MFU of an HF transformer, with FLOPs from :mod:`lit_llm.flops`.
+    """Log samples/s, tokens/s, FLOPs/s and MFU of an HF transformer, with FLOPs from :mod:`lit_llm.training.flops`.
 
     Lightning's :class:`~lightning.pytorch.callbacks.ThroughputMonitor` reads ``pl_module.flops_per_batch`` on
     every batch; this callback sets that attribute before each batch from the batch's own ``(B, T)`` shape

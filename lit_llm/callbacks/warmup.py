@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lit_llm.schedules import DECAYS, DecayName, lr_multiplier, resolve_warmup_steps
+from lit_llm.training.schedules import DECAYS, DecayName, lr_multiplier, resolve_warmup_steps
 
 __all__ = ["WarmupSchedule"]
 
@@ -24,7 +24,7 @@ class WarmupSchedule(Callback):
     epoch (PL #15340). This callback computes the rate from ``trainer.global_step`` and
     ``trainer.estimated_stepping_batches``, so it is exact under gradient accumulation and after a resume,
     and scales each param group from that group's own base rate (layer-wise rates keep their ratios).
-    The schedule itself is :func:`lit_llm.schedules.lr_multiplier`.
+    The schedule itself is :func:`lit_llm.training.schedules.lr_multiplier`.
 
     Works on any LightningModule; it needs a finite run (``max_steps`` or ``max_epochs``).
 

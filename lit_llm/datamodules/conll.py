@@ -1,7 +1,7 @@
 """Reading tagged sentences (CoNLL columns, JSON / JSONL token and tag lists) and checking their tags.
 
 Every sentence remembers the file and line it came from, so each error on user data says where it is and what
-to do. The tag checks use :mod:`lit_llm.entities`, the same code that scores the model.
+to do. The tag checks use :mod:`lit_llm.text.entities`, the same code that scores the model.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_llm.datamodules.files import DataFileError
-from lit_llm.entities import TagScheme, extract_entities, first_invalid_tag, parse_tag, repair_tags
+from lit_llm.text.entities import TagScheme, extract_entities, first_invalid_tag, parse_tag, repair_tags
 
 __all__ = ["TaggedSentence", "read_conll", "read_json", "read_tagged", "check_tags", "DOCSTART"]
 

@@ -42,7 +42,7 @@ from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import load_tokenizer
 from lit_llm.text.segmentation import WORD_BOUNDARIES, WordBoundaries, parse_tagged, segment, word_starts_for_texts
 from lit_llm.text.sentence_order import check_nsp_negatives, make_sop_pairs
-from lit_llm.tokenizer_training import TokenizerKind, train_tokenizer
+from lit_llm.text.tokenizer_training import TokenizerKind, train_tokenizer
 
 __all__ = ["TextCorpusDataModule", "StreamingBlocks", "NspNegatives", "is_val_document", "stream_documents",
            "tokenize_texts"]

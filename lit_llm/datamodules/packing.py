@@ -5,7 +5,7 @@ in a cached ``map``, in a streaming iterator and in a test. Every example carrie
 
 - ``input_ids``
 - ``special_tokens_mask``: 1 on special tokens (never masked, never a target of MLM)
-- ``word_starts``: 1 on the first piece of a word (for whole-word masking, see ``lit_llm.masking``)
+- ``word_starts``: 1 on the first piece of a word (for whole-word masking, see ``lit_llm.text.masking``)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lit_llm.masking import word_start_flags
+from lit_llm.text.masking import word_start_flags
 
 __all__ = ["FIELDS", "tokenize_documents", "pack_blocks", "BlockPacker", "make_nsp_pairs", "collate_blocks"]
 

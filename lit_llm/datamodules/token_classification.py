@@ -18,7 +18,7 @@ from lit_llm.datamodules.augmented import AugmentedDataset, augmented_loader
 from lit_llm.datamodules.conll import TaggedSentence, check_tags, read_tagged
 from lit_llm.datamodules.files import DataFileError
 from lit_llm.datamodules.loaders import split_loader
-from lit_llm.entities import (
+from lit_llm.text.entities import (
     TagScheme,
     check_scheme,
     entity_types,

@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_llm.checkpointing import load_checkpoint_file, require_lightning_checkpoint
-from lit_llm.compressed_models import gathered_state_dict
+from lit_llm.training.checkpointing import load_checkpoint_file, require_lightning_checkpoint
+from lit_llm.compression.compressed_models import gathered_state_dict
 from lit_llm.hf import export_pretrained
 
 __all__ = ["run_dir", "output_dir", "restore_best_checkpoint", "export_best"]
@@ -27,7 +27,7 @@ def output_dir(module: pl.LightningModule, configured: str | None, name: str) ->
 
 def restore_best_checkpoint(module: pl.LightningModule) -> str | None:
     """Load the best checkpoint of the trainer's ModelCheckpoint into ``module`` (on every rank, so the replicas
-    stay identical) through :func:`lit_llm.checkpointing.load_checkpoint_file`, the loader of every checkpoint
+    stay identical) through :func:`lit_llm.training.checkpointing.load_checkpoint_file`, the loader of every checkpoint
     (``weights_only=True``); returns its path, or None when there is none.
 
     A sharded best checkpoint (a directory) is not loaded into the sharded module: a warning says so and the

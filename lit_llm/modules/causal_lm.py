@@ -9,10 +9,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lit_llm.distillation import mark_distillation_targets
-from lit_llm.masking import IGNORE_INDEX
+from lit_llm.compression.distillation import mark_distillation_targets
+from lit_llm.text.masking import IGNORE_INDEX
 from lit_llm.modules.masked_lm import LanguageModelBase
-from lit_llm.token_loss import causal_targets, token_cross_entropy
+from lit_llm.training.token_loss import causal_targets, token_cross_entropy
 
 __all__ = ["CausalLanguageModel"]
 
@@ -21,7 +21,7 @@ class CausalLanguageModel(LanguageModelBase):
     """Causal-LM training of an ``AutoModelForCausalLM``: every non-padding token after the first is a target.
 
     The loss sent to backward is the exact mean over all target tokens of the optimizer step, across
-    gradient accumulation and ranks (``exact_token_loss``, see ``lit_llm.token_loss``); with padded
+    gradient accumulation and ranks (``exact_token_loss``, see ``lit_llm.training.token_loss``); with padded
     batches of unequal lengths the usual mean of micro-batch means is biased. Logs ``train|val|test/loss``,
     ``/perplexity`` and ``/accuracy`` (next-token accuracy). ``predict_step`` and :meth:`generate` turn
     prompts into text.

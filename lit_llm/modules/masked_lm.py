@@ -13,14 +13,14 @@ from torchmetrics import SumMetric
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, PreTrainedModel, PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lit_llm.distillation import mark_distillation_targets
+from lit_llm.compression.distillation import mark_distillation_targets
 from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer
 from lit_llm.modules.best_checkpoint import export_best, output_dir
-from lit_llm.masking import mask_tokens
-from lit_llm.optim import optimizers_for
+from lit_llm.text.masking import mask_tokens
+from lit_llm.training.optim import optimizers_for
 from lit_llm.text.sentence_order import check_nsp_negatives
-from lit_llm.token_loss import StepTokenNormalizer, token_cross_entropy
+from lit_llm.training.token_loss import StepTokenNormalizer, token_cross_entropy
 
 __all__ = ["MaskedLanguageModel", "LanguageModelBase"]
 
@@ -204,7 +204,7 @@ class MaskedLanguageModel(LanguageModelBase):
     with ``whole_word_masking``) become targets; 80% of them turn into ``[MASK]``, 10% into a random token,
     10% stay. Special tokens and padding are never targets. A batch that already holds ``labels`` is used
     as is. The loss sent to backward is the exact mean over all target tokens of the optimizer step,
-    across gradient accumulation and ranks (``exact_token_loss``, see ``lit_llm.token_loss``). Logs
+    across gradient accumulation and ranks (``exact_token_loss``, see ``lit_llm.training.token_loss``). Logs
     ``train|val|test/loss``, ``/perplexity`` and ``/accuracy`` (masked-token accuracy).
 
     Args:
@@ -357,7 +357,7 @@ class MaskedLanguageModel(LanguageModelBase):
         if self.whole_word_masking and "word_starts" not in batch:
             raise ValueError(
                 f"whole_word_masking=True needs the batch's 'word_starts' (got keys {sorted(batch)}); "
-                "use TextCorpusDataModule or lit_llm.masking.word_start_flags."
+                "use TextCorpusDataModule or lit_llm.text.masking.word_start_flags."
             )
         out = mask_tokens(
             input_ids, special, mask_token_id=self.tokenizer.mask_token_id, vocab_size=len(self.tokenizer),

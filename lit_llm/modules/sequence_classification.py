@@ -26,12 +26,12 @@ from torchmetrics.classification import (
 )
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_llm.distillation import apply_training_objectives
+from lit_llm.compression.distillation import apply_training_objectives
 from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer, trust_remote_code
 from lit_llm.modules.best_checkpoint import export_best, output_dir
-from lit_llm.optim import optimizers_for
-from lit_llm.reports import (
+from lit_llm.training.optim import optimizers_for
+from lit_llm.tracking.reports import (
     format_regression_report,
     format_report,
     log_figure,

@@ -13,8 +13,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from transformers import AutoModelForTokenClassification, PreTrainedTokenizerBase
 from typing_extensions import override
 
-from lit_llm.distillation import apply_training_objectives
-from lit_llm.entities import (
+from lit_llm.compression.distillation import apply_training_objectives
+from lit_llm.text.entities import (
     EntityMetric,
     EntityScores,
     TagScheme,
@@ -25,7 +25,7 @@ from lit_llm.entities import (
 )
 from lit_llm.hf import check_export_dir, load_model, load_tokenizer
 from lit_llm.modules.best_checkpoint import export_best, output_dir
-from lit_llm.optim import optimizers_for
+from lit_llm.training.optim import optimizers_for
 
 __all__ = ["TokenClassifier", "entity_spans"]
 

@@ -67,7 +67,7 @@ def _meta_tensors(config_json: str, task: str, num_labels: int) -> tuple[ParamTe
     import transformers
 
     from lit_llm.hf import find_blocks
-    from lit_llm.flops import is_matmul_module
+    from lit_llm.training.flops import is_matmul_module
     from lit_llm.hf import build_config
 
     spec = json.loads(config_json)

@@ -17,7 +17,7 @@ For ``tagged`` and ``whitespace`` the text the model reads is the words joined b
 
 Each word is a character span; :func:`word_starts_from_offsets` flags the token whose first character starts
 a new word, from the fast tokenizer's ``offset_mapping``. These flags are the ``word_starts`` that
-:func:`lit_llm.masking.mask_tokens` already uses, so the masking code is the same for English and Chinese.
+:func:`lit_llm.text.masking.mask_tokens` already uses, so the masking code is the same for English and Chinese.
 
 Plain functions on strings and lists: ``TextCorpusDataModule(word_boundaries=...)`` runs them once, inside its
 cached ``datasets.map`` tokenization, never per batch.
@@ -204,7 +204,7 @@ def word_starts_from_offsets(
     the word it starts in and the rest of that word starts afresh at the next token. Characters in no span
     (spaces) and tokens in no word get a word of their own. A word of more than ``max_word_tokens`` tokens is
     flagged token by token (see :data:`MAX_WORD_TOKENS`). Special tokens get 0, as
-    :func:`lit_llm.masking.word_start_flags` gives them.
+    :func:`lit_llm.text.masking.word_start_flags` gives them.
 
     Args:
         offsets: the fast tokenizer's ``offset_mapping`` of the text, one ``(start, end)`` per token.

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lit_llm.errors import InvalidArgumentError, UserInputError
-from lit_llm.low_rank import DEFAULT_PATTERNS
+from lit_llm.compression.low_rank import DEFAULT_PATTERNS
 
 __all__ = [
     "ADAPTER_NAME",

@@ -1,7 +1,8 @@
 """Load a compressed-model artifact in a fresh Python process, as a user deploying it would, and return its logits.
 
-Two loaders: lit-llm's public one (``python -c`` importing ``lit_llm.compressed_models``), and onnxruntime in a
-process where importing ``lit_llm`` or ``torch`` is made impossible, so ``model.onnx`` provably needs nothing of ours.
+Two loaders: lit-llm's public one (``python -c`` importing ``lit_llm.compression.compressed_models``), and onnxruntime
+in a process where importing ``lit_llm`` or ``torch`` is made impossible, so ``model.onnx`` provably needs nothing
+of ours.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 _OUR_LOADER = """
 import json, sys, torch
-from lit_llm.compressed_models import {loader}
+from lit_llm.compression.compressed_models import {loader}
 model = {loader}(sys.argv[1])
 inputs = json.loads(open(sys.argv[2]).read())
 with torch.no_grad():
@@ -72,7 +73,8 @@ def _run(code: str, artifact: Path, inputs: dict[str, torch.Tensor], tmp_path: P
 
 
 def load_in_fresh_process(loader: str, artifact: Path, inputs: dict[str, torch.Tensor], tmp_path: Path) -> dict:
-    """Logits, parameter count, shapes and zeros of ``artifact`` loaded by ``lit_llm.compressed_models.<loader>``."""
+    """Logits, parameter count, shapes and zeros of ``artifact`` loaded by
+    ``lit_llm.compression.compressed_models.<loader>``."""
     out = _run(_OUR_LOADER.format(loader=loader), artifact, inputs, tmp_path)
     out["logits"] = np.asarray(out["logits"], dtype=np.float32)
     return out

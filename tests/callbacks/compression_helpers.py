@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import BertConfig, BertForSequenceClassification
 
-from lit_llm.distillation import apply_training_objectives
+from lit_llm.compression.distillation import apply_training_objectives
 
 VOCAB = 64
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from lit_llm.callbacks import Int8Quantization, Pruning
 from lit_llm.datamodules import TextClassificationDataModule
 from lit_llm.modules import SequenceClassifier
-from lit_llm.quantized_artifacts import OnnxRuntimeModel
+from lit_llm.compression.quantized_artifacts import OnnxRuntimeModel
 
 
 def test_pruning_then_int8_on_sequence_classifier(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, sentiment_csvs):

@@ -12,7 +12,7 @@ from compression_helpers import UserClassifier, loader, tiny_config, trainer
 from transformers import BertForSequenceClassification
 
 from lit_llm.callbacks import DistillationTeacher
-from lit_llm.distillation import apply_training_objectives, kd_loss
+from lit_llm.compression.distillation import apply_training_objectives, kd_loss
 
 
 class PlainClassifier(UserClassifier):

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, BertForMaskedLM, GPT2LMHeadModel
 
 from lit_llm.callbacks import DistillationTeacher
-from lit_llm.distillation import kd_loss
+from lit_llm.compression.distillation import kd_loss
 from lit_llm.modules import CausalLanguageModel, MaskedLanguageModel
-from lit_llm.token_loss import token_cross_entropy
+from lit_llm.training.token_loss import token_cross_entropy
 
 LENGTH = 12
 

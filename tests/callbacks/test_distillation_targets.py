@@ -1,4 +1,5 @@
-"""The target-position contract of lit_llm.distillation: mark / read / select, and kd_loss's sum reduction."""
+"""The target-position contract of lit_llm.compression.distillation: mark / read / select, and kd_loss's sum
+reduction."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_llm.distillation import distillation_targets, kd_loss, mark_distillation_targets, select_targets
+from lit_llm.compression.distillation import distillation_targets, kd_loss, mark_distillation_targets, select_targets
 
 
 def test_mark_and_read_targets_on_a_module():

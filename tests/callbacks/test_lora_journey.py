@@ -133,7 +133,7 @@ def test_fit_resume_and_pipeline_of_the_merged_model(tmp_path, encoder_dir, sent
 
 def test_export_refuses_adapters_of_another_base(tmp_path, encoder_dir):
     """A LoRA checkpoint's base is rebuilt from the hyper-parameters; a different one is refused, not exported."""
-    from lit_llm.export import CheckpointError, rebuild_module
+    from lit_llm.commands.export import CheckpointError, rebuild_module
 
     checkpoint = {
         "pytorch-lightning_version": "2.6.6", "state_dict": {},

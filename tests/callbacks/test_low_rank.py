@@ -12,7 +12,7 @@ from compression_helpers import UserClassifier, loader, tiny_config, trainer
 from transformers import BertForSequenceClassification
 
 from lit_llm.callbacks import LowRankFactorization
-from lit_llm.low_rank import LowRankLinear
+from lit_llm.compression.low_rank import LowRankLinear
 
 
 def test_factorizes_before_the_optimizer_and_trains_the_factors(tmp_path):

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import BertConfig, BertForSequenceClassification
 
 from lit_llm.callbacks import DistillationTeacher
-from lit_llm.distillation import apply_training_objectives
+from lit_llm.compression.distillation import apply_training_objectives
 
 SAMPLES = 16
 
@@ -192,6 +192,6 @@ def test_int8_quantization_on_two_processes_equals_one(tmp_path):
     ).test(Student(micro_batch=4))
     single = json.loads((one / "logits0.json").read_text())
     ranks = [json.loads((two / f"logits{r}.json").read_text()) for r in (0, 1)]
-    assert single["model_type"] == "lit_llm.quantized_artifacts.OnnxRuntimeModel"  # the int8 ONNX session
+    assert single["model_type"] == "lit_llm.compression.quantized_artifacts.OnnxRuntimeModel"  # the int8 ONNX session
     assert single["int8_layers"] > 0
     assert ranks[0] == ranks[1] == single  # each replica quantizes identically, as one process does

@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from lit_llm.callbacks import Int8Quantization, Pruning
-from lit_llm.compressed_models import load_pruned
-from lit_llm.pruning import measure_sparsity
+from lit_llm.compression.compressed_models import load_pruned
+from lit_llm.compression.pruning import measure_sparsity
 
 
 def _zeros(module, masks):
@@ -287,7 +287,7 @@ def test_module_without_the_hf_model_attribute_is_refused_before_training(tmp_pa
 
 def test_artifact_with_int8_at_fit_end_or_low_rank_in_the_same_run(tmp_path):
     from lit_llm.callbacks import Int8Quantization, LowRankFactorization
-    from lit_llm.compressed_models import load_low_rank
+    from lit_llm.compression.compressed_models import load_low_rank
 
     int8_first = [Int8Quantization(apply_on="fit_end", export_artifact=False, report=False), Pruning(amount=0.5)]
     t = trainer(tmp_path / "a", int8_first)

@@ -17,8 +17,8 @@ from torch import nn
 
 import lit_llm.callbacks.quantization as quantization_callback
 from lit_llm.callbacks import Int8Quantization
-from lit_llm.quantization import FakeQuantLinear
-from lit_llm.quantized_artifacts import INT8_ONNX_FILE, OnnxRuntimeModel, export_bf16, load_int8_onnx
+from lit_llm.compression.quantization import FakeQuantLinear
+from lit_llm.compression.quantized_artifacts import INT8_ONNX_FILE, OnnxRuntimeModel, export_bf16, load_int8_onnx
 
 TEXTS = ["a good movie", "the worst film and a boring plot", "fun", "i loved the acting but not the ending"]
 

@@ -15,7 +15,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from lit_llm.callbacks import TransformerThroughputMonitor
 from lit_llm.callbacks.throughput import batch_input_ids
-from lit_llm.flops import transformer_flops, transformer_shape
+from lit_llm.training.flops import transformer_flops, transformer_shape
 
 B, T = 2, 6
 

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_llm.callbacks import WarmupSchedule
-from lit_llm.optim import build_optimizer
-from lit_llm.schedules import lr_multiplier
+from lit_llm.training.optim import build_optimizer
+from lit_llm.training.schedules import lr_multiplier
 
 BASE_LRS = (0.1, 0.025)  # two param groups, ratio 4
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lit_llm.datamodules import TextClassificationDataModule, TokenClassificationDataModule
-from lit_llm.entities import extract_entities
+from lit_llm.text.entities import extract_entities
 from lit_llm.errors import InvalidArgumentError
 from lit_llm.text.augmentation import TextAugmentation
 from tests.test_resume import _crash_resume_and_compare, dropout_bert_dir  # noqa: F401 - a fixture

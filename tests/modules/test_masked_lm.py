@@ -87,7 +87,7 @@ def test_labels_in_batch_used_as_is(tiny_bert_dir):
 def test_tokenizer_without_mask_token(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
-    from lit_llm.tokenizer_training import train_tokenizer
+    from lit_llm.text.tokenizer_training import train_tokenizer
 
     bpe = train_tokenizer(DOCS, "bpe", vocab_size=300)
     no_mask = PreTrainedTokenizerFast(tokenizer_object=bpe.backend_tokenizer, eos_token="<|endoftext|>")

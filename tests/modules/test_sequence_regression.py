@@ -92,7 +92,7 @@ def test_regression_fit_test_export_checkpoint_and_pipeline(tmp_path, tiny_bert_
     assert [o["score"] for o in out] == pytest.approx(values, abs=1e-4)  # raw values, no sigmoid
 
     # `lit-llm export` of the best checkpoint rebuilds a regression module from its hyper-parameters.
-    from lit_llm.export import export_checkpoint
+    from lit_llm.commands.export import export_checkpoint
 
     exported = export_checkpoint(ckpt.best_model_path, tmp_path / "from_ckpt", "lit_llm.modules.SequenceClassifier")
     again = SequenceClassifier(str(exported))

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from lit_llm.datamodules import TokenClassificationDataModule
-from lit_llm.entities import entity_scores
+from lit_llm.text.entities import entity_scores
 from lit_llm.modules import TokenClassifier
 from lit_llm.modules.token_classification import entity_spans
-from lit_llm.schedules import lr_multiplier
+from lit_llm.training.schedules import lr_multiplier
 
 TRAIN = "john\tB-PER\nlives\tO\nin\tO\nnew\tB-LOC\nyork\tI-LOC\n\nmary\tB-PER\nloved\tO\nparis\tB-LOC\n\n" * 3
 TEST = "the\tO\nplayer\tO\njohn\tB-PER\n\nlondon\tB-LOC\nis\tO\na\tO\ncity\tO\n\nmary\tB-PER\nand\tO\njohn\tB-PER\n"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lit_llm.export import CheckpointError, export_checkpoint, load_checkpoint, main as export_main
+from lit_llm.commands.export import CheckpointError, export_checkpoint, load_checkpoint, main as export_main
 from lit_llm.modules import SequenceClassifier
 from lit_llm.strategies import TransformerFSDP, TransformerFSDP2, find_block_classes
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from lit_llm.entities import extract_entities
+from lit_llm.text.entities import extract_entities
 from lit_llm.errors import InvalidArgumentError, UserInputError
 from lit_llm.text.augmentation import (
     Augmenter,

@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader
 
 from lit_llm.modules.causal_lm import CausalLanguageModel
-from lit_llm.token_loss import StepTokenNormalizer, causal_targets, scale_gradients, token_cross_entropy
+from lit_llm.training.token_loss import StepTokenNormalizer, causal_targets, scale_gradients, token_cross_entropy
 
 LENGTHS = [12, 3, 4, 2, 12, 11, 5, 12]  # real tokens per row: micro-batches of 2 hold 13, 4, 21 and 15 targets
 SEQ = 12

@@ -1,8 +1,8 @@
 """Saving and loading compressed HF models whose layers a config cannot describe: structured-pruned and low-rank.
 
 A structured-pruned BERT has fewer heads and a narrower FFN per block, and a factorized model has
-:class:`~lit_llm.low_rank.LowRankLinear` layers; ``from_pretrained`` rebuilds neither (transformers 5 dropped
-``prune_heads`` / ``config.pruned_heads``, and a config has one FFN width for all blocks). Each artifact is
+:class:`~lit_llm.compression.low_rank.LowRankLinear` layers; ``from_pretrained`` rebuilds neither (transformers 5
+dropped ``prune_heads`` / ``config.pruned_heads``, and a config has one FFN width for all blocks). Each artifact is
 therefore an HF directory plus a small JSON manifest of what differs from the config:
 
 - ``lit_llm_pruning.json``: per block, the heads and FFN width kept (``{"layers": {"bert.encoder.layer.0":
@@ -15,8 +15,8 @@ from the directory), reshape it as the manifest says, and load the weights stric
 the config, the weights are named ``lit_llm_model.safetensors``, not ``model.safetensors``: transformers 5's
 ``from_pretrained`` would otherwise load the directory, re-initialize every layer whose shape differs at random and
 only log it; without ``model.safetensors`` it refuses. ``model.onnx``
-(written by :func:`lit_llm.export.export_onnx`) serves the same model with onnxruntime alone. The directory also
-holds the tokenizer when one is given.
+(written by :func:`lit_llm.commands.export.export_onnx`) serves the same model with onnxruntime alone. The
+directory also holds the tokenizer when one is given.
 
 Example::
     save_pruned(model, "export-pruned", tokenizer)   # model: zero-masked or already shrunk
@@ -35,8 +35,8 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_llm.hf import check_export_dir, trust_remote_code
-from lit_llm.low_rank import LowRankLinear
-from lit_llm.pruning import find_structured_units, resize_structured, shrink_structured
+from lit_llm.compression.low_rank import LowRankLinear
+from lit_llm.compression.pruning import find_structured_units, resize_structured, shrink_structured
 
 __all__ = [
     "LOW_RANK_MANIFEST",
@@ -178,9 +178,9 @@ def save_pruned(
     """Write a pruned model with its zeroed heads / FFN neurons sliced away, so the files are really smaller.
 
     ``model`` is left as it is: a copy is built from its config, given its weights, shrunk with
-    :func:`lit_llm.pruning.shrink_structured` (exact: only heads / neurons whose output columns are all zero go)
-    and saved with ``save_pretrained`` next to ``lit_llm_pruning.json``. A model without BERT-style blocks (e.g.
-    GPT-2 after unstructured pruning) is saved as it is, zeros kept, with an empty ``layers`` manifest.
+    :func:`lit_llm.compression.pruning.shrink_structured` (exact: only heads / neurons whose output columns are all
+    zero go) and saved with ``save_pretrained`` next to ``lit_llm_pruning.json``. A model without BERT-style blocks
+    (e.g. GPT-2 after unstructured pruning) is saved as it is, zeros kept, with an empty ``layers`` manifest.
 
     Args:
         model: an HF model, zero-masked by structured pruning or already shrunk.
@@ -277,10 +277,11 @@ def save_low_rank(
     onnx: bool = True,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a model with :class:`~lit_llm.low_rank.LowRankLinear` layers as they are (factors, not merged back).
+    """Write a model with :class:`~lit_llm.compression.low_rank.LowRankLinear` layers as they are (factors, not
+    merged back).
 
     Args:
-        model: an HF model in which :func:`lit_llm.low_rank.factorize_model` replaced some Linear layers.
+        model: an HF model in which :func:`lit_llm.compression.low_rank.factorize_model` replaced some Linear layers.
         out_dir: a new or empty directory.
         tokenizer: saved alongside when given.
         onnx: also write ``model.onnx``.
@@ -306,7 +307,7 @@ def save_low_rank(
     if not layers:
         raise ValueError(
             f"save_low_rank: {type(model).__name__} has no LowRankLinear layer; factorize it first "
-            "(lit_llm.low_rank.factorize_model or the LowRankFactorization callback)."
+            "(lit_llm.compression.low_rank.factorize_model or the LowRankFactorization callback)."
         )
     copy = _rebuild(model, state_dict, low_rank=layers)
     parameters = sum(p.numel() for p in copy.parameters())
@@ -466,7 +467,7 @@ def _write(
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     if onnx:
-        from lit_llm.export import export_onnx
+        from lit_llm.commands.export import export_onnx
 
         export_onnx(model, out / "model.onnx")
     return out

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_llm.masking import IGNORE_INDEX
+from lit_llm.text.masking import IGNORE_INDEX
 
 __all__ = ["token_cross_entropy", "causal_targets", "StepTokenNormalizer", "scale_gradients"]
 

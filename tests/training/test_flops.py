@@ -16,8 +16,14 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from lit_llm import flops
-from lit_llm.flops import TransformerShape, flops_per_batch, matmul_params, transformer_flops, transformer_shape
+from lit_llm.training import flops
+from lit_llm.training.flops import (
+    TransformerShape,
+    flops_per_batch,
+    matmul_params,
+    transformer_flops,
+    transformer_shape,
+)
 
 B, T, VOCAB = 4, 64, 200
 

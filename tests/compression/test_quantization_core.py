@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
-from lit_llm.compression_report import count_parameters, serialized_size_bytes
-from lit_llm.quantization import (
+from lit_llm.compression.report import count_parameters, serialized_size_bytes
+from lit_llm.compression.quantization import (
     FakeQuantLinear,
     _fake_quant_int8,
     add_fake_quant,
@@ -19,7 +19,7 @@ from lit_llm.quantization import (
     quantize_int8,
     remove_fake_quant,
 )
-from lit_llm.quantized_artifacts import OnnxRuntimeModel
+from lit_llm.compression.quantized_artifacts import OnnxRuntimeModel
 
 
 def _bert() -> BertForSequenceClassification:

@@ -91,7 +91,7 @@ class DistillationTargets(NamedTuple):
             ``(B, T, V)`` or already restricted to these positions ``(N, V)`` in row-major order (``N =
             positions.sum()``, e.g. a masked LM that runs its head on the masked tokens only).
         reduction: ``"mean"`` (the task loss is a mean over the targets) or ``"sum"`` (a sum, normalized later,
-            e.g. by :class:`lit_llm.token_loss.StepTokenNormalizer`).
+            e.g. by :class:`lit_llm.training.token_loss.StepTokenNormalizer`).
     """
 
     positions: torch.Tensor

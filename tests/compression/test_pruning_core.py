@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
-from lit_llm.pruning import (
+from lit_llm.compression.pruning import (
     apply_masks,
     cubic_sparsity,
     find_target_linears,

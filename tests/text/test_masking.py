@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_llm.masking import IGNORE_INDEX, mask_tokens, word_start_flags
+from lit_llm.text.masking import IGNORE_INDEX, mask_tokens, word_start_flags
 
 MASK, VOCAB = 4, 1000
 

@@ -32,7 +32,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from lit_llm.hf import check_export_dir, export_pretrained, trust_remote_code
-from lit_llm.quantization import DEFAULT_SKIP, import_onnxruntime, quantizable_linear_names
+from lit_llm.compression.quantization import DEFAULT_SKIP, import_onnxruntime, quantizable_linear_names
 
 __all__ = [
     "INT8_ONNX_FILE",
@@ -99,7 +99,7 @@ def _quantize_onnx(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from lit_llm.export import export_onnx
+    from lit_llm.commands.export import export_onnx
 
     names = set(quantizable_linear_names(model, skip))
     source = model

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-from lit_llm.export import export_onnx
-from lit_llm.quantized_artifacts import (
+from lit_llm.commands.export import export_onnx
+from lit_llm.compression.quantized_artifacts import (
     INT8_ONNX_FILE,
     MANIFEST_FILE,
     OnnxRuntimeModel,

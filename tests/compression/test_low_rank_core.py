@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_llm.low_rank import LowRankLinear, choose_rank, factorize_linear, factorize_model, merge_low_rank
+from lit_llm.compression.low_rank import LowRankLinear, choose_rank, factorize_linear, factorize_model, merge_low_rank
 
 
 def test_choose_rank_by_energy():

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import BertConfig, BertForMaskedLM
 
-from lit_llm.optim import build_optimizer, layer_id, layerwise_param_groups, no_decay_param_groups, num_layers
+from lit_llm.training.optim import build_optimizer, layer_id, layerwise_param_groups, no_decay_param_groups, num_layers
 
 
 def tiny_bert(layers: int = 2) -> BertForMaskedLM:

@@ -396,7 +396,7 @@ def shrink_structured(model: nn.Module) -> dict[str, int]:
     A head or neuron whose columns in the output projection are zero contributes nothing, whatever its other
     weights, so removing it is exact. Updates each attention module's ``num_attention_heads`` / ``all_head_size``.
     Heads may differ per block afterwards, which HF configs cannot express: to save and reload a shrunk model use
-    :func:`lit_llm.compressed_models.save_pruned` / :func:`~lit_llm.compressed_models.load_pruned`.
+    :func:`lit_llm.compression.save_pruned` / :func:`~lit_llm.compression.load_pruned`.
 
     Returns:
         ``{"heads_removed": ..., "neurons_removed": ...}``.

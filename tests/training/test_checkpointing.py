@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from lit_llm.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
-from lit_llm.checkpointing import AtomicCheckpointIO, atomic_torch_save
+from lit_llm.training.checkpointing import AtomicCheckpointIO, atomic_torch_save
 
 
 def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -32,7 +32,7 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
 
 _WRITER = """
 import sys, torch
-from lit_llm.checkpointing import atomic_torch_save
+from lit_llm.training.checkpointing import atomic_torch_save
 big = torch.randn(8_000_000)  # 32 MB: each save takes long enough to be killed in the middle
 step = 0
 while True:
@@ -99,7 +99,7 @@ def test_remote_urls_go_through_fsspec_and_load_weights_only(tmp_path, monkeypat
     import fsspec
 
     from hostile_checkpoints import Payload
-    from lit_llm.checkpointing import CheckpointError, load_checkpoint_file
+    from lit_llm.training.checkpointing import CheckpointError, load_checkpoint_file
 
     monkeypatch.chdir(tmp_path)  # a remote URL taken for a local path would show up here as memory:/...
     io_plugin = AtomicCheckpointIO()

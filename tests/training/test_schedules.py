@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from lit_llm import schedules
-from lit_llm.schedules import lr_multiplier, resolve_warmup_steps
+from lit_llm.training import schedules
+from lit_llm.training.schedules import lr_multiplier, resolve_warmup_steps
 
 
 def test_doctests():

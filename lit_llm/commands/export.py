@@ -1,10 +1,10 @@
 """``lit-llm export CHECKPOINT OUT_DIR``: a Lightning checkpoint (plain file or sharded directory) to an HF model.
 
-The module is rebuilt as Lightning's ``load_from_checkpoint`` does: its class is ``--module`` or the
-``_class_path`` that ``lit-llm fit`` (LightningCLI) stores in the checkpoint's hyper-parameters, it is
-instantiated from those hyper-parameters, and the weights are loaded strictly. The checkpoint itself is read by
-:func:`lit_llm.checkpointing.load_checkpoint_file` (``weights_only=True``). The module's HF model and tokenizer are
-then saved with ``save_pretrained``, label maps included, so ``from_pretrained`` and ``pipeline`` load the result;
+The module is rebuilt as Lightning's ``load_from_checkpoint`` does: its class is ``--module`` or the ``_class_path``
+that ``lit-llm fit`` (LightningCLI) stores in the checkpoint's hyper-parameters, it is instantiated from those
+hyper-parameters, and the weights are loaded strictly. The checkpoint itself is read by
+:func:`lit_llm.training.checkpointing.load_checkpoint_file` (``weights_only=True``). The module's HF model and tokenizer
+are then saved with ``save_pretrained``, label maps included, so ``from_pretrained`` and ``pipeline`` load the result;
 ``--onnx`` adds ``model.onnx`` with every text input the model takes (``token_type_ids`` too for BERT-like models).
 
 A checkpoint written with the :class:`~lit_llm.callbacks.LoRA` callback holds only the adapters (and head): the
@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lit_llm.checkpointing import CheckpointError, load_checkpoint_file, require_lightning_checkpoint
+from lit_llm.training.checkpointing import CheckpointError, load_checkpoint_file, require_lightning_checkpoint
 from lit_llm.errors import InvalidArgumentError
 from lit_llm.training.lora import (
     LoraSpec,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
-from lit_llm.distillation import (
+from lit_llm.compression.distillation import (
     apply_training_objectives,
     attach_objective,
     detach_objective,

@@ -3,8 +3,8 @@
 Method card: the tensor-decomposition family (Denton et al. 2014; for transformers e.g. Noach & Goldberg 2020).
 Each eligible Linear becomes :class:`LowRankLinear` (two thin matmuls), which is smaller and faster only when
 ``r * (in + out) < in * out``; layers where it would not be are left alone. Apply before fine-tuning so the
-network recovers from the truncation. :func:`lit_llm.compressed_models.save_low_rank` /
-:func:`~lit_llm.compressed_models.load_low_rank` save and reload the factorized model as it is (the saving kept);
+network recovers from the truncation. :func:`lit_llm.compression.save_low_rank` /
+:func:`~lit_llm.compression.load_low_rank` save and reload the factorized model as it is (the saving kept);
 :func:`merge_low_rank` multiplies the factors back into plain Linear layers (same function, rank-limited weights,
 no saving) when a plain ``from_pretrained`` directory is needed.
 """

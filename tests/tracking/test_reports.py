@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from lit_llm.reports import (
+from lit_llm.tracking.reports import (
     format_report,
     plot_confusion_matrix,
     report_from_confusion,

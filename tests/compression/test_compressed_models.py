@@ -9,15 +9,15 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from lit_llm.compressed_models import (
+from lit_llm.compression.compressed_models import (
     ManifestError,
     load_low_rank,
     load_pruned,
     save_low_rank,
     save_pruned,
 )
-from lit_llm.low_rank import LowRankLinear, factorize_model
-from lit_llm.pruning import apply_masks, magnitude_masks, measure_sparsity, structured_masks
+from lit_llm.compression.low_rank import LowRankLinear, factorize_model
+from lit_llm.compression.pruning import apply_masks, magnitude_masks, measure_sparsity, structured_masks
 
 
 def _bert() -> BertForSequenceClassification:

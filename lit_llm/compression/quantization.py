@@ -4,8 +4,8 @@ The functional core of :class:`lit_llm.callbacks.Int8Quantization`.
 
 - ``onnxruntime``: the float model is exported to ONNX and its Linear MatMuls are quantized with
   ``onnxruntime.quantization.quantize_dynamic`` (int8 weights with a scale per output row, activations quantized
-  per batch); the int8 model is an :class:`~lit_llm.quantized_artifacts.OnnxRuntimeModel` over that session, the
-  same file a server loads (see :mod:`lit_llm.quantized_artifacts`). The CPU int8 backend: it replaces
+  per batch); the int8 model is an :class:`~lit_llm.compression.quantized_artifacts.OnnxRuntimeModel` over that session,
+  the same file a server loads (see :mod:`lit_llm.compression.quantized_artifacts`). The CPU int8 backend: it replaces
   ``torch.ao.quantization`` (deprecated by PyTorch, slated for removal).
 - ``bitsandbytes``: swaps Linear for ``bnb.nn.Linear8bitLt`` in place (LLM.int8, Dettmers et al. 2022: int8
   weights, outlier features above ``threshold`` in 16/32 bit). Runs on CUDA and, with bitsandbytes >= 0.45, on CPU.
@@ -164,7 +164,7 @@ def quantizable_linear_names(model: nn.Module, skip: Iterable[str] = DEFAULT_SKI
 def quantize_int8(model: nn.Module, backend: Backend = "onnxruntime", skip: Iterable[str] = DEFAULT_SKIP) -> nn.Module:
     """The int8 version of ``model`` (put in eval mode).
 
-    ``onnxruntime``: an :class:`~lit_llm.quantized_artifacts.OnnxRuntimeModel` over a session quantized from
+    ``onnxruntime``: an :class:`~lit_llm.compression.quantized_artifacts.OnnxRuntimeModel` over a session quantized from
     ``model`` (left unchanged), taking the same keyword inputs and returning ``.logits`` (and ``.loss`` with
     ``labels``; ``int8_layers`` counts the int8 MatMuls). ``bitsandbytes``: ``model`` itself, its Linear layers
     swapped in place (:func:`quantize_bitsandbytes` returns how many).
@@ -181,7 +181,7 @@ def quantize_int8(model: nn.Module, backend: Backend = "onnxruntime", skip: Iter
     quantizable_linear_names(model, skip)
     model.eval()
     if backend == "onnxruntime":
-        from lit_llm.quantized_artifacts import onnx_int8_model
+        from lit_llm.compression.quantized_artifacts import onnx_int8_model
 
         return onnx_int8_model(model, skip)
     quantize_bitsandbytes(model, skip)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_llm.compression_report import count_parameters, example_inputs, measure, update_report
+from lit_llm.compression.report import count_parameters, example_inputs, measure, update_report
 
 
 class _Tiny(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_llm.entities import (
+from lit_llm.text.entities import (
     Entity,
     EntityMetric,
     entity_scores,

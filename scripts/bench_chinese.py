@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 report = json.loads((cli.run_dir / "reports" / "classification_report.json").read_text())
                 scores = {"accuracy": report["accuracy"], "f1_macro": report["macro avg"]["f1-score"]}
             else:
-                report = json.loads((cli.run_dir / "ner_report.json").read_text())
+                report = json.loads((cli.run_dir / "reports" / "ner_report.json").read_text())
                 scores = {"entity_f1_strict": report["micro"]["f1"],
                           "per_type_f1": {k: v["f1"] for k, v in report["per_type"].items()}}
             result["finetune"][f"{task}/{start}"] = scores

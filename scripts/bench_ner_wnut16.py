@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if match is None:
         sys.exit("could not find the run directory in the CLI output")
     run_dir = Path(match.group(1))
-    report = json.loads((run_dir / "ner_report.json").read_text())
+    report = json.loads((run_dir / "reports" / "ner_report.json").read_text())
     steps = re.findall(r"best checkpoint:\s+(\S+)", log)
     stopped = [s.rstrip(".") for s in re.findall(r"`Trainer.fit` stopped: (.*)", log)]
     load = os.getloadavg()[2]

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, cast
 
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 from typing_extensions import override
 
 from lit_llm.compression.distillation import mark_distillation_targets
+from lit_llm.hf import load_tokenizer
+from lit_llm.modules.best_checkpoint import export_best, output_dir
+from lit_llm.modules.building import check_export_target, check_layer_decay
+from lit_llm.modules.contract import read_datamodule
+from lit_llm.modules.language_model import (
+    TokenStats,
+    build_language_model,
+    check_block_size,
+    exact_step_loss,
+    finish_eval_epoch,
+    log_train_step,
+    normalize_step,
+)
 from lit_llm.text.masking import IGNORE_INDEX
-from lit_llm.modules.masked_lm import LanguageModelBase
-from lit_llm.training.token_loss import causal_targets, token_cross_entropy
+from lit_llm.training.optim import optimizers_for
+from lit_llm.training.token_loss import StepTokenNormalizer, causal_targets, token_cross_entropy
 
 __all__ = ["CausalLanguageModel"]
 
 
-class CausalLanguageModel(LanguageModelBase):
+class CausalLanguageModel(pl.LightningModule):
     """Causal-LM training of an ``AutoModelForCausalLM``: every non-padding token after the first is a target.
 
     The loss sent to backward is the exact mean over all target tokens of the optimizer step, across
@@ -40,8 +55,10 @@ class CausalLanguageModel(LanguageModelBase):
         temperature: sampling temperature.
         top_k: sample among the ``top_k`` most likely tokens (0: all).
         top_p: nucleus sampling threshold.
-        export_dir: where the HF export goes at fit end; default ``<default_root_dir>/export``.
+        compile: ``torch.compile`` the model in place.
+        export_dir: where the HF export goes at fit end; default ``<default_root_dir>/export``; must be new or empty.
         export: whether to export at fit end.
+        report_dir: where the test report (``lm_report.json``) goes; default ``<default_root_dir>/reports``.
 
     Raises:
         ValueError: bad generation settings, ``block_size`` over the model's positions.
@@ -51,9 +68,6 @@ class CausalLanguageModel(LanguageModelBase):
         Trainer(max_steps=1000).fit(lm, TextCorpusDataModule(data_files="corpus.txt", train_tokenizer="bpe"))
         lm.generate(["Paris is"])
     """
-
-    auto_class = AutoModelForCausalLM
-    module_name = "CausalLanguageModel"
 
     def __init__(
         self,
@@ -69,9 +83,13 @@ class CausalLanguageModel(LanguageModelBase):
         temperature: float = 1.0,
         top_k: int = 50,
         top_p: float = 1.0,
+        compile: bool = False,
         export_dir: str | None = None,
         export: bool = True,
+        report_dir: str | None = None,
     ) -> None:
+        super().__init__()
+        check_layer_decay("CausalLanguageModel", layer_decay)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens!r} must be >= 1.")
         if temperature <= 0:
@@ -80,16 +98,45 @@ class CausalLanguageModel(LanguageModelBase):
             raise ValueError(f"top_p={top_p!r} must be in (0, 1].")
         self.generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
                            "top_k": top_k, "top_p": top_p}
-        super().__init__(model, tokenizer, optimizer, lr_scheduler, layer_decay, gradient_checkpointing,
-                         exact_token_loss, export_dir, export)
+        # Factories are not plain data: keep them out of the checkpoint so it loads with weights_only=True.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.model_spec = model
+        self.tokenizer_name = tokenizer or (model if isinstance(model, str) else None)
+        self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay = optimizer, lr_scheduler, layer_decay
+        self.gradient_checkpointing = gradient_checkpointing
+        self.export_dir, self.export, self.report_dir = export_dir, export, report_dir
+        self.exact_token_loss = exact_token_loss
+        self.normalizer = StepTokenNormalizer() if exact_token_loss else None
+        self.val_stats, self.test_stats = TokenStats(), TokenStats()
+        self.export_path: Path | None = None
+        self.report_path: Path | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.model: torch.nn.Module | None = None
+        if self.tokenizer_name is not None:
+            self._build(load_tokenizer(self.tokenizer_name))
 
-    @override
-    def _check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+    def _build(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
+        if tokenizer is not None and tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
             tokenizer.pad_token = tokenizer.eos_token  # GPT-2 ships without a pad token; padding is masked anyway
+        self.model = build_language_model("CausalLanguageModel", AutoModelForCausalLM, self.model_spec, tokenizer,
+                                          gradient_checkpointing=self.gradient_checkpointing,
+                                          compile=self.hparams["compile"])
+        self.tokenizer = tokenizer
 
     @override
+    def setup(self, stage: str) -> None:
+        data = read_datamodule(self)
+        if self.model is None:
+            self._build(data.tokenizer)
+        assert self.model is not None
+        check_block_size(self.model, self.model_spec, data.block_size)
+        check_export_target(self, stage, self.export_dir, self.export)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        assert self.model is not None, "setup() builds the model before the optimizer"
+        return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay)
+
     def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                           torch.Tensor | None]:
         assert self.model is not None
@@ -108,6 +155,41 @@ class CausalLanguageModel(LanguageModelBase):
         mark_distillation_targets(self, torch.nn.functional.pad(valid, (0, 1)), reduction)
         correct = (logits.detach().argmax(-1)[valid] == targets[valid]).sum()
         return loss_sum, count, correct, None
+
+    # ---------------------------------------------------------------- steps
+    @override
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss_sum, count, correct, extra = self._loss(batch, "train")
+        log_train_step(self, loss_sum, count, correct, len(batch["input_ids"]))
+        return exact_step_loss(self.normalizer, loss_sum, count, extra)
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.normalizer is not None:
+            normalize_step(self, self.normalizer)
+
+    @override
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.val_stats.update(*self._loss(batch, "val")[:3])
+
+    @override
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.test_stats.update(*self._loss(batch, "test")[:3])
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        finish_eval_epoch(self, self.val_stats, "val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.report_path = finish_eval_epoch(self, self.test_stats, "test", self.report_dir) or self.report_path
+
+    @override
+    def on_fit_end(self) -> None:
+        assert self.model is not None
+        path = export_best(self, cast(PreTrainedModel, self.model), self.tokenizer,
+                           output_dir(self, self.export_dir, "export"), self.export)
+        self.export_path = path or self.export_path
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()

@@ -9,195 +9,35 @@ from typing import Any, Literal, cast
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torchmetrics import SumMetric
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, PreTrainedModel, PreTrainedTokenizerBase
 from typing_extensions import override
 
 from lit_llm.compression.distillation import mark_distillation_targets
 from lit_llm.errors import InvalidArgumentError
-from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer
+from lit_llm.hf import load_tokenizer
 from lit_llm.modules.best_checkpoint import export_best, output_dir
+from lit_llm.modules.building import check_export_target, check_layer_decay
+from lit_llm.modules.contract import read_datamodule
+from lit_llm.modules.language_model import (
+    TokenStats,
+    build_language_model,
+    check_block_size,
+    exact_step_loss,
+    finish_eval_epoch,
+    log_train_step,
+    normalize_step,
+)
 from lit_llm.text.masking import mask_tokens
-from lit_llm.training.optim import optimizers_for
 from lit_llm.text.sentence_order import check_nsp_negatives
+from lit_llm.training.optim import optimizers_for
 from lit_llm.training.token_loss import StepTokenNormalizer, token_cross_entropy
 
-__all__ = ["MaskedLanguageModel", "LanguageModelBase"]
+__all__ = ["MaskedLanguageModel"]
 
 _VAL_MASK_SEED = 1234  # validation masks are the same every epoch, so val/loss curves compare like with like
 
 
-def max_positions(config: Any) -> int | None:
-    """The longest sequence a model's position embeddings allow (None if unbounded, e.g. rotary)."""
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-class LanguageModelBase(pl.LightningModule):
-    """What the masked- and causal-LM modules share: model / tokenizer loading, optimizers, exact token loss,
-    token-weighted validation metrics and the HF export at fit end. Not used on its own."""
-
-    auto_class: Any = None
-    module_name = "LanguageModel"
-
-    def __init__(
-        self,
-        model: ModelSpec,
-        tokenizer: str | None,
-        optimizer: OptimizerCallable,
-        lr_scheduler: LRSchedulerCallable | None,
-        layer_decay: float | None,
-        gradient_checkpointing: bool,
-        exact_token_loss: bool,
-        export_dir: str | None,
-        export: bool,
-    ) -> None:
-        super().__init__()
-        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay={layer_decay!r}: must be in (0, 1], e.g. 0.8.")
-        self.model_spec = model
-        self.tokenizer_name = tokenizer or (model if isinstance(model, str) else None)
-        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.layer_decay, self.gradient_checkpointing = layer_decay, gradient_checkpointing
-        self.exact_token_loss, self.export_dir, self.export = exact_token_loss, export_dir, export
-        self.export_path: Path | None = None
-        self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.model: torch.nn.Module | None = None
-        self.normalizer = StepTokenNormalizer()
-        for stage in ("val", "test"):  # token-weighted sums, synced over ranks by torchmetrics
-            for name in ("loss_sum", "targets", "correct"):
-                setattr(self, f"_{stage}_{name}", SumMetric())
-        if self.tokenizer_name is not None:
-            self._build(load_tokenizer(self.tokenizer_name))
-
-    # ---------------------------------------------------------------- model
-    def _check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Hook for subclasses: refuse a tokenizer the objective cannot use."""
-
-    def _build(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self._check_tokenizer(tokenizer)
-        self.tokenizer = tokenizer
-        overrides: dict[str, Any] = {}
-        if isinstance(self.model_spec, dict):
-            # From scratch: the embedding table follows the tokenizer (e.g. one trained on the corpus).
-            overrides = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
-        self.model = load_model(self.auto_class, self.model_spec, **overrides)
-        self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes
-        if self.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    @override
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self.model is None:
-            tokenizer = getattr(datamodule, "tokenizer", None)
-            if tokenizer is None and datamodule is not None and hasattr(datamodule, "prepare_data"):
-                datamodule.setup(stage)  # the datamodule loads / trains its tokenizer in setup
-                tokenizer = getattr(datamodule, "tokenizer", None)
-            if tokenizer is None:
-                raise ValueError(
-                    f"{self.module_name}: model is a config dict and no tokenizer is known. Pass tokenizer=<dir or hub "
-                    "id>, or use a datamodule with a `tokenizer` attribute (TextCorpusDataModule(train_tokenizer=...))."
-                )
-            self._build(tokenizer)
-        assert self.model is not None
-        block_size = getattr(datamodule, "block_size", None)
-        limit = max_positions(self.model.config)
-        if block_size is not None and limit is not None and block_size > limit:
-            raise ValueError(
-                f"the datamodule's block_size={block_size} is larger than the model's maximum positions ({limit}, "
-                f"config of {self.model_spec if isinstance(self.model_spec, str) else 'the config dict'}): "
-                f"set block_size <= {limit}."
-            )
-        if stage == "fit" and self.export:
-            check_export_dir(output_dir(self, self.export_dir, "export"))
-
-    @override
-    def configure_optimizers(self) -> Any:
-        assert self.model is not None, "setup() builds the model before the optimizer"
-        return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay)
-
-    # ---------------------------------------------------------------- loss
-    def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                          torch.Tensor | None]:
-        """``(token loss sum, target count, correct predictions, extra per-example loss mean or None)``."""
-        raise NotImplementedError
-
-    @override
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss_sum, count, correct, extra = self._loss(batch, "train")
-        mean = loss_sum.detach() / count.clamp(min=1)
-        batch_size = len(batch["input_ids"])
-        self.log("train/loss", mean, on_step=True, prog_bar=True, batch_size=batch_size)
-        self.log("train/perplexity", torch.exp(mean), on_step=True, batch_size=batch_size)
-        self.log("train/accuracy", correct / count.clamp(min=1), on_step=True, batch_size=batch_size)
-        if not self.exact_token_loss:
-            return loss_sum / count.clamp(min=1) + (extra if extra is not None else 0.0)
-        # Backward the *sum*; on_before_optimizer_step divides by the step's token count (see token_loss.py).
-        self.normalizer.add(count)
-        if extra is not None:
-            # The per-example term (NSP) gets weight count / N_step: micro-batch means averaged with weights
-            # that sum to 1 over the step.
-            loss_sum = loss_sum + extra * count
-        return loss_sum
-
-    @override
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.exact_token_loss and self.normalizer.pending is not None:
-            strategy = self.trainer.strategy
-            n_step = self.normalizer.scale(
-                self.parameters(),
-                accumulate=self.trainer.accumulate_grad_batches,
-                world_size=self.trainer.world_size,
-                all_reduce_sum=lambda t: strategy.reduce(t, reduce_op="sum"),
-            )
-            self.log("train/targets_per_step", n_step.float(), on_step=True, rank_zero_only=True)
-
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        loss_sum, count, correct, _ = self._loss(batch, stage)
-        getattr(self, f"_{stage}_loss_sum").update(loss_sum)
-        getattr(self, f"_{stage}_targets").update(count.float())
-        getattr(self, f"_{stage}_correct").update(correct.float())
-
-    def _log_epoch(self, stage: str) -> None:
-        loss_sum = getattr(self, f"_{stage}_loss_sum").compute()
-        targets = getattr(self, f"_{stage}_targets").compute().clamp(min=1)
-        correct = getattr(self, f"_{stage}_correct").compute()
-        mean = loss_sum / targets
-        self.log_dict({f"{stage}/loss": mean, f"{stage}/perplexity": torch.exp(mean),
-                       f"{stage}/accuracy": correct / targets}, prog_bar=stage == "val")
-        for name in ("loss_sum", "targets", "correct"):
-            getattr(self, f"_{stage}_{name}").reset()
-
-    @override
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    @override
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    @override
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    # ---------------------------------------------------------------- export
-    @override
-    def on_fit_end(self) -> None:
-        assert self.model is not None
-        out = output_dir(self, self.export_dir, "export")
-        path = export_best(self, cast(PreTrainedModel, self.model), self.tokenizer, out, self.export)
-        self.export_path = path or self.export_path
-
-
-class MaskedLanguageModel(LanguageModelBase):
+class MaskedLanguageModel(pl.LightningModule):
     """Masked-LM pre-training of an ``AutoModelForMaskedLM`` (or ``AutoModelForPreTraining`` with ``nsp``).
 
     Every batch drawn is masked afresh (dynamic masking): ``mlm_probability`` of the tokens (of the words,
@@ -232,8 +72,10 @@ class MaskedLanguageModel(LanguageModelBase):
             Used when the model has a single head module next to its encoder (BERT, RoBERTa, ...); other
             models, and ``nsp``, run the head densely.
         masking_seed: seed of the masking generator (None: the global RNG, seeded by ``seed_everything``).
-        export_dir: where the HF export goes at fit end; default ``<default_root_dir>/export``.
+        compile: ``torch.compile`` the model in place.
+        export_dir: where the HF export goes at fit end; default ``<default_root_dir>/export``; must be new or empty.
         export: whether to export at fit end.
+        report_dir: where the test report (``lm_report.json``) goes; default ``<default_root_dir>/reports``.
 
     Raises:
         ValueError: bad probabilities, a tokenizer without a mask token, ``block_size`` over the model's positions,
@@ -263,9 +105,13 @@ class MaskedLanguageModel(LanguageModelBase):
         exact_token_loss: bool = True,
         sparse_prediction: bool = True,
         masking_seed: int | None = None,
+        compile: bool = False,
         export_dir: str | None = None,
         export: bool = True,
+        report_dir: str | None = None,
     ) -> None:
+        super().__init__()
+        check_layer_decay("MaskedLanguageModel", layer_decay)
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(f"mlm_probability={mlm_probability!r} must be in (0, 1), e.g. 0.15 as in BERT.")
         if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
@@ -274,32 +120,59 @@ class MaskedLanguageModel(LanguageModelBase):
                 "non-negative and at most 1 (BERT: 0.8 and 0.1)."
             )
         check_nsp_negatives(nsp, nsp_negatives)
+        # Factories are not plain data: keep them out of the checkpoint so it loads with weights_only=True.
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.model_spec = model
+        self.tokenizer_name = tokenizer or (model if isinstance(model, str) else None)
+        self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay = optimizer, lr_scheduler, layer_decay
+        self.gradient_checkpointing = gradient_checkpointing
+        self.export_dir, self.export, self.report_dir = export_dir, export, report_dir
         self.nsp_negatives = nsp_negatives
         self.auto_class = AutoModelForPreTraining if nsp else AutoModelForMaskedLM
         self.mlm_probability, self.mask_replace_prob = mlm_probability, mask_replace_prob
         self.random_replace_prob, self.whole_word_masking, self.nsp = random_replace_prob, whole_word_masking, nsp
         self.masking_seed = masking_seed
         self.sparse_prediction = sparse_prediction
+        self.exact_token_loss = exact_token_loss
+        self.normalizer = StepTokenNormalizer() if exact_token_loss else None
+        self.val_stats, self.test_stats = TokenStats(), TokenStats()
+        self.export_path: Path | None = None
+        self.report_path: Path | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.model: torch.nn.Module | None = None
         self._generators: dict[str, torch.Generator] = {}
         self._pending_generator_state: torch.Tensor | None = None
-        super().__init__(model, tokenizer, optimizer, lr_scheduler, layer_decay, gradient_checkpointing,
-                         exact_token_loss, export_dir, export)
-        # Factories are not plain data: keep them out of the checkpoint so it loads with weights_only=True.
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        if self.tokenizer_name is not None:
+            self._build(load_tokenizer(self.tokenizer_name))
+
+    def _build(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
+        if tokenizer is not None:
+            self._check_tokenizer(tokenizer)
+        self.model = build_language_model("MaskedLanguageModel", self.auto_class, self.model_spec, tokenizer,
+                                          gradient_checkpointing=self.gradient_checkpointing,
+                                          compile=self.hparams["compile"])
+        self.tokenizer = tokenizer
 
     @override
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        theirs = getattr(datamodule, "nsp_negatives", None) if getattr(datamodule, "nsp", False) else None
-        if self.nsp and theirs is not None and theirs != self.nsp_negatives:
+        data = read_datamodule(self)
+        if self.nsp and data.nsp_negatives is not None and data.nsp_negatives != self.nsp_negatives:
             raise InvalidArgumentError(
                 f"MaskedLanguageModel(nsp_negatives={self.nsp_negatives!r}) but the datamodule builds "
-                f"nsp_negatives={theirs!r} pairs: the head would learn one task and be logged as the other. "
-                "Set the same value on both (model.init_args.nsp_negatives and data.init_args.nsp_negatives)."
+                f"nsp_negatives={data.nsp_negatives!r} pairs: the head would learn one task and be logged as the "
+                "other. Set the same value on both (model.init_args.nsp_negatives and data.init_args.nsp_negatives)."
             )
-        super().setup(stage)
+        if self.model is None:
+            self._build(data.tokenizer)
+        assert self.model is not None
+        check_block_size(self.model, self.model_spec, data.block_size)
+        check_export_target(self, stage, self.export_dir, self.export)
 
     @override
+    def configure_optimizers(self) -> Any:
+        assert self.model is not None, "setup() builds the model before the optimizer"
+        return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay)
+
     def _check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         if tokenizer.mask_token_id is None:
             raise ValueError(
@@ -368,7 +241,6 @@ class MaskedLanguageModel(LanguageModelBase):
         )
         return out.input_ids, out.labels
 
-    @override
     def _loss(self, batch: dict[str, torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                           torch.Tensor | None]:
         assert self.model is not None
@@ -411,3 +283,38 @@ class MaskedLanguageModel(LanguageModelBase):
             self.log(f"{stage}/{task}_loss", extra.detach(), batch_size=len(input_ids))
             self.log(f"{stage}/{task}_accuracy", pair_correct, batch_size=len(input_ids))
         return loss_sum, count, correct, extra
+
+    # ---------------------------------------------------------------- steps
+    @override
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss_sum, count, correct, extra = self._loss(batch, "train")
+        log_train_step(self, loss_sum, count, correct, len(batch["input_ids"]))
+        return exact_step_loss(self.normalizer, loss_sum, count, extra)
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.normalizer is not None:
+            normalize_step(self, self.normalizer)
+
+    @override
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.val_stats.update(*self._loss(batch, "val")[:3])
+
+    @override
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.test_stats.update(*self._loss(batch, "test")[:3])
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        finish_eval_epoch(self, self.val_stats, "val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.report_path = finish_eval_epoch(self, self.test_stats, "test", self.report_dir) or self.report_path
+
+    @override
+    def on_fit_end(self) -> None:
+        assert self.model is not None
+        path = export_best(self, cast(PreTrainedModel, self.model), self.tokenizer,
+                           output_dir(self, self.export_dir, "export"), self.export)
+        self.export_path = path or self.export_path

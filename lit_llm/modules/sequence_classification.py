@@ -28,8 +28,16 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 
 from lit_llm.compression.distillation import apply_training_objectives
 from lit_llm.errors import InvalidArgumentError
-from lit_llm.hf import ModelSpec, check_export_dir, load_model, load_tokenizer, trust_remote_code
+from lit_llm.hf import ModelSpec, trust_remote_code
 from lit_llm.modules.best_checkpoint import export_best, output_dir
+from lit_llm.modules.building import (
+    build_model,
+    check_export_target,
+    check_layer_decay,
+    load_module_tokenizer,
+    report_path,
+)
+from lit_llm.modules.contract import read_datamodule
 from lit_llm.training.optim import optimizers_for
 from lit_llm.tracking.reports import (
     format_regression_report,
@@ -143,8 +151,7 @@ class SequenceClassifier(pl.LightningModule):
         super().__init__()
         if num_labels is not None and num_labels < 1:
             raise ValueError(f"num_labels={num_labels!r}: must be >= 1.")
-        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay={layer_decay!r}: must be in (0, 1], e.g. 0.8.")
+        check_layer_decay("SequenceClassifier", layer_decay)
         if regression and multi_label:
             raise InvalidArgumentError(
                 "regression=True and multi_label=True: a regression model predicts one value; choose one."
@@ -157,6 +164,7 @@ class SequenceClassifier(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.layer_decay = layer_decay
+        self.gradient_checkpointing = gradient_checkpointing
         self.tokenizer_name = tokenizer or (model if isinstance(model, str) else None)
         self.export_dir = export_dir
         self.export = export
@@ -210,18 +218,9 @@ class SequenceClassifier(pl.LightningModule):
         if not isinstance(self.model_spec, dict):
             # A fine-tuned head with another label count is replaced, not an error.
             overrides["ignore_mismatched_sizes"] = True
-        self.model = load_model(AutoModelForSequenceClassification, self.model_spec, **overrides)
-        # from_pretrained returns the model in eval mode and Lightning keeps submodules' modes: without this,
-        # dropout would stay off during training.
-        self.model.train()
-        if self.hparams["gradient_checkpointing"]:
-            # transformers >= 5.2x renamed gradient_checkpointing_enable; support both.
-            if hasattr(self.model, "activation_checkpointing_enable"):
-                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.hparams["compile"]:
-            self.model.compile()
+        self.model = build_model(AutoModelForSequenceClassification, self.model_spec,
+                                 gradient_checkpointing=self.gradient_checkpointing, compile=self.hparams["compile"],
+                                 **overrides)
         self._build_metrics()
 
     def _build_metrics(self) -> None:
@@ -277,42 +276,32 @@ class SequenceClassifier(pl.LightningModule):
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         if self._tokenizer is None:
-            if self.tokenizer_name is None:
-                raise ValueError("SequenceClassifier: no tokenizer configured; pass tokenizer=...")
-            self._tokenizer = load_tokenizer(self.tokenizer_name)
+            self._tokenizer = load_module_tokenizer("SequenceClassifier", self.tokenizer_name)
         return self._tokenizer
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_labels = list(getattr(datamodule, "labels", None) or []) or None
+        data = read_datamodule(self)
         if self.multi_label is None:
-            self.multi_label = bool(getattr(datamodule, "multi_label", False))
-        data_regression = getattr(datamodule, "regression", None)
+            self.multi_label = bool(data.multi_label)
         if self.regression is None:
-            self.regression = bool(data_regression)
-        elif data_regression is not None and bool(data_regression) != self.regression:
+            self.regression = bool(data.regression)
+        elif data.regression is not None and data.regression != self.regression:
             model_kind = "a regression model" if self.regression else "a classifier"
             data_kind = "class" if self.regression else "regression"
             raise InvalidArgumentError(
-                f"the model is {model_kind} but the datamodule has regression={bool(data_regression)}: "
+                f"the model is {model_kind} but the datamodule has regression={data.regression}: "
                 f"the {data_kind} targets would not fit its head. Set the datamodule's regression to "
                 f"{self.regression}, or start from a base (not fine-tuned) model."
             )
         if self.model is None:
-            if data_labels is None:
-                raise ValueError(
-                    "SequenceClassifier: no labels. Pass labels=[...], load a fine-tuned model with id2label, "
-                    "or use a datamodule with a `labels` attribute (e.g. TextClassificationDataModule)."
-                )
-            self.labels = data_labels
+            self.labels = data.require_labels("SequenceClassifier")
             self._build()
-        elif data_labels is not None and data_labels != self.labels and not self.regression:
+        elif data.labels is not None and data.labels != self.labels and not self.regression:
             raise ValueError(
-                f"the data's labels {data_labels} differ from the model's {self.labels}: class ids would not match. "
+                f"the data's labels {data.labels} differ from the model's {self.labels}: class ids would not match. "
                 f"Set the datamodule's labels to {self.labels}."
             )
-        if stage == "fit" and self.export:
-            check_export_dir(output_dir(self, self.export_dir, "export"))
+        check_export_target(self, stage, self.export_dir, self.export)
 
     def configure_optimizers(self) -> Any:
         assert self.model is not None, "setup() builds the model before the optimizer"
@@ -380,7 +369,7 @@ class SequenceClassifier(pl.LightningModule):
         if self.regression:
             report = regression_report(computed, self.labels[0])
             if self.trainer.is_global_zero:
-                self.report_path = save_regression_report(report, output_dir(self, self.report_dir, "reports"))
+                self.report_path = save_regression_report(report, report_path(self, self.report_dir))
                 rank_zero_info("\nRegression report (test):\n" + format_regression_report(report))
             self.test_report = report
             return
@@ -389,7 +378,7 @@ class SequenceClassifier(pl.LightningModule):
         else:
             report = report_from_confusion(computed["confusion"], self.labels)
         if self.trainer.is_global_zero:
-            out = output_dir(self, self.report_dir, "reports")
+            out = report_path(self, self.report_dir)
             self.report_path = save_report(report, out)
             if not self.multi_label:
                 figure = plot_confusion_matrix(computed["confusion"], self.labels, out / "confusion_matrix.png", "test")

@@ -23,8 +23,15 @@ from lit_llm.text.entities import (
     infer_scheme,
     parse_tag,
 )
-from lit_llm.hf import check_export_dir, load_model, load_tokenizer
 from lit_llm.modules.best_checkpoint import export_best, output_dir
+from lit_llm.modules.building import (
+    build_model,
+    check_export_target,
+    check_layer_decay,
+    load_module_tokenizer,
+    report_path,
+)
+from lit_llm.modules.contract import read_datamodule
 from lit_llm.training.optim import optimizers_for
 
 __all__ = ["TokenClassifier", "entity_spans"]
@@ -67,7 +74,7 @@ class TokenClassifier(pl.LightningModule):
 
     Logs ``train/loss``, ``val/loss``, ``val/f1_micro``, ``val/precision_micro``, ``val/recall_micro``,
     ``val/f1_macro``, ``val/accuracy`` (tokens) and the same under ``test/`` plus ``test/f1_<type>``; at test end
-    writes ``ner_report.txt`` / ``.json`` (per entity type) under ``trainer.default_root_dir``.
+    writes ``ner_report.txt`` / ``.json`` (per entity type) under ``report_dir``.
     ``predict_step`` returns, per sentence, ``[{type, text, start, end, score}]`` with character offsets into the
     sentence's words joined by single spaces; :meth:`extract_entities` does the same for raw texts.
 
@@ -84,7 +91,10 @@ class TokenClassifier(pl.LightningModule):
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
         layer_decay: layer-wise LR decay factor in (0, 1], or None.
         gradient_checkpointing: trade compute for memory in the transformer blocks.
-        export_dir: where to export at fit end; default ``<default_root_dir>/export``.
+        compile: ``torch.compile`` the model in place.
+        export_dir: where to export at fit end; default ``<default_root_dir>/export``; must be new or empty.
+        export: whether to export at fit end.
+        report_dir: where the test report goes; default ``<default_root_dir>/reports``.
 
     Raises:
         ValueError: an unknown entity mode, labels without ``O``, no labels anywhere, labels that
@@ -106,13 +116,15 @@ class TokenClassifier(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         layer_decay: float | None = None,
         gradient_checkpointing: bool = False,
+        compile: bool = False,
         export_dir: str | None = None,
+        export: bool = True,
+        report_dir: str | None = None,
     ) -> None:
         super().__init__()
         if entity_mode not in ("strict", "default"):
             raise ValueError(f"TokenClassifier(entity_mode={entity_mode!r}): use 'strict' or 'default'.")
-        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"TokenClassifier(layer_decay={layer_decay!r}): must be in (0, 1], e.g. 0.8.")
+        check_layer_decay("TokenClassifier", layer_decay)
         # Factories are not plain data: keep them out of the checkpoint so it loads with weights_only=True.
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if tokenizer is None and isinstance(model, str):
@@ -120,11 +132,11 @@ class TokenClassifier(pl.LightningModule):
         self.model_spec = model
         self.tokenizer_name = tokenizer
         self.entity_mode = entity_mode
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.layer_decay = layer_decay
         self.gradient_checkpointing = gradient_checkpointing
-        self.export_dir = export_dir
+        self.export_dir, self.export, self.report_dir = export_dir, export, report_dir
         self.labels: list[str] | None = None
         self.tag_scheme: TagScheme = "BIO"
         self.model: Any = None
@@ -150,10 +162,9 @@ class TokenClassifier(pl.LightningModule):
         }
         if not isinstance(self.model_spec, dict):
             overrides["ignore_mismatched_sizes"] = True  # a fine-tuned head with other labels is replaced
-        self.model = load_model(AutoModelForTokenClassification, self.model_spec, **overrides)
-        self.model.train()  # from_pretrained returns eval mode; dropout belongs to fine-tuning
-        if self.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = build_model(AutoModelForTokenClassification, self.model_spec,
+                                 gradient_checkpointing=self.gradient_checkpointing, compile=self.hparams["compile"],
+                                 **overrides)
         self.val_entities = EntityMetric(labels, self.tag_scheme, self.entity_mode)
         self.test_entities = EntityMetric(labels, self.tag_scheme, self.entity_mode)
         # The other reading of the same predictions, so the test report shows what strictness costs.
@@ -162,36 +173,22 @@ class TokenClassifier(pl.LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        dm_labels = None
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None and hasattr(type(datamodule), "labels"):
-            try:
-                dm_labels = list(datamodule.labels)
-            except ValueError:
-                # A predict-only datamodule has no labelled split to read labels from; the model's own will do.
-                if self.labels is None or stage != "predict":
-                    raise
+        data = read_datamodule(self)
         if self.labels is None:
-            if dm_labels is None:
-                raise ValueError(
-                    "TokenClassifier(labels=None) takes its labels from trainer.datamodule.labels, and there is "
-                    "none: pass labels=[...] or use TokenClassificationDataModule."
-                )
-            self._build(dm_labels)
-        elif dm_labels is not None and dm_labels != self.labels:
+            self._build(data.require_labels("TokenClassifier"))
+        elif data.labels is not None and data.labels != self.labels:
             raise ValueError(
-                f"TokenClassifier labels {self.labels} differ from the datamodule's {dm_labels}; the ids would not "
+                f"TokenClassifier labels {self.labels} differ from the datamodule's {data.labels}; the ids would not "
                 "match. Give both the same labels, or leave the model's labels unset."
             )
-        if stage == "fit" and self.trainer.is_global_zero:
-            check_export_dir(output_dir(self, self.export_dir, "export"))
+        elif data.labels_error is not None and stage != "predict":
+            raise data.labels_error  # only a predict-only datamodule may not know its labels
+        check_export_target(self, stage, self.export_dir, self.export)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         if self._tokenizer is None:
-            if self.tokenizer_name is None:
-                raise ValueError("TokenClassifier: the model is a config dict, so pass tokenizer=<dir or hub id>.")
-            self._tokenizer = load_tokenizer(self.tokenizer_name)
+            self._tokenizer = load_module_tokenizer("TokenClassifier", self.tokenizer_name)
         return self._tokenizer
 
     # ---------------------------------------------------------------- steps
@@ -250,8 +247,7 @@ class TokenClassifier(pl.LightningModule):
             self.report_path = self._write_report(scores, other_scores)
 
     def _write_report(self, scores: EntityScores, other: EntityScores) -> Path:
-        out = Path(self.trainer.default_root_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = report_path(self, self.report_dir)
         report = {"mode": self.entity_mode, "scheme": self.tag_scheme, **scores.as_dict(),
                   f"micro_{self.other_mode}": other.micro}
         (out / "ner_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -327,10 +323,10 @@ class TokenClassifier(pl.LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         self._require_model()
-        return optimizers_for(self.model, self.optimizer, self.lr_scheduler, self.layer_decay)
+        return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay)
 
     @override
     def on_fit_end(self) -> None:
-        tokenizer = self.tokenizer if self.tokenizer_name is not None else None
-        path = export_best(self, self.model, tokenizer, output_dir(self, self.export_dir, "export"))
+        tokenizer = self.tokenizer if self.tokenizer_name is not None and self.export else None
+        path = export_best(self, self.model, tokenizer, output_dir(self, self.export_dir, "export"), self.export)
         self.export_path = path or self.export_path

@@ -193,7 +193,7 @@ def optimizers_for(
 
     Example::
         def configure_optimizers(self):
-            return optimizers_for(self.model, self.optimizer, self.lr_scheduler, self.layer_decay)
+            return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay)
     """
     optimizer = build_optimizer(model, factory, layer_decay)
     if lr_scheduler is None:

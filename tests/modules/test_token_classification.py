@@ -115,9 +115,9 @@ def test_fit_test_export_and_reload(tmp_path, tiny_bert_dir, tiny_tokenizer_dir,
     assert metrics["test/f1_micro"] == pytest.approx(expected.micro["f1"])
     assert metrics["test/accuracy"] == pytest.approx(expected.accuracy)
     assert metrics["test/f1_micro_default"] == pytest.approx(entity_scores(gold, pred, mode="default").micro["f1"])
-    assert model.report_path == tmp_path / "ner_report.txt"
+    assert model.report_path == tmp_path / "reports" / "ner_report.txt"  # <run dir>/reports, as every module
     assert "micro avg" in model.report_path.read_text()
-    report = json.loads((tmp_path / "ner_report.json").read_text())
+    report = json.loads((tmp_path / "reports" / "ner_report.json").read_text())
     assert report["micro"]["f1"] == pytest.approx(expected.micro["f1"])
     assert report["mode"] == "strict" and report["scheme"] == "BIO"
 

@@ -200,3 +200,45 @@ def test_unknown_extra_subcommand_is_reported(capsys):
     with pytest.raises(SystemExit):
         main(["frobnicate"])
     assert "frobnicate" in capsys.readouterr().err
+
+
+def test_nothing_in_the_library_imports_the_entry_point():
+    """Only `lit-llm` (lit_llm/cli.py) imports everything; no module of lit_llm imports it back, the commands/
+    modules that hold its steps included. lit_llm/commands/tune.py is the one known exception (it runs LitLLMCLI
+    in-process for each trial; /tmp/team/asks.md)."""
+    import ast
+
+    known = {REPO / "lit_llm" / "commands" / "tune.py"}
+    offenders = []
+    for path in sorted((REPO / "lit_llm").rglob("*.py")):
+        if path == REPO / "lit_llm" / "cli.py" or path in known:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if any(name == "lit_llm.cli" or name.startswith("lit_llm.cli.") for name in names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_summary_lists_every_output_in_order(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_llm.commands.summary import summary_lines
+
+    checkpoint = SimpleNamespace(best_model_path="b.ckpt", best_model_score=0.5, monitor="val/f1", last_model_path="")
+    pruning = type("Pruning", (), {"report_path": "r.md", "artifact_path": "a.pt"})()
+    trainer = SimpleNamespace(checkpoint_callback=checkpoint, loggers=[CSVLogger(tmp_path, name="", version="")],
+                              callbacks=[SimpleNamespace(written="p.jsonl"), pruning])
+    model = SimpleNamespace(export_path="export", report_path=None)
+    assert summary_lines(tmp_path / "run", trainer, model) == [
+        f"run directory:    {tmp_path / 'run'}",
+        "best checkpoint:  b.ckpt (val/f1=0.5000)",
+        "exported model:   export",
+        "predictions:      p.jsonl",
+        "Pruning report: r.md",
+        "Pruning artifact: a.pt",
+        f"CSV metrics:      {tmp_path / 'metrics.csv'}",
+    ]

@@ -1,0 +1,49 @@
+"""What ``lit-llm`` adds to every Trainer it builds, whatever the config says: plain progress lines when stdout is
+not a terminal, exact resume, and checkpoint files that a kill during a save never truncates.
+
+Example::
+    add_plain_progress_bar(cli.config_init["fit"]["trainer"])  # before the Trainer is built
+    trainer = Trainer(...)
+    add_exact_resume(trainer)
+    use_atomic_checkpoint_io(trainer)
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lit_llm.callbacks.progress import PlainProgressBar
+from lit_llm.callbacks.resume import ExactResume
+from lit_llm.training.checkpointing import AtomicCheckpointIO
+
+__all__ = ["add_exact_resume", "add_plain_progress_bar", "use_atomic_checkpoint_io"]
+
+
+def add_plain_progress_bar(trainer_cfg: Any) -> None:
+    """Add a PlainProgressBar to an instantiated Trainer config when stdout is piped or redirected, unless the
+    config chose a bar (any ProgressBar callback) or none (``enable_progress_bar: false``)."""
+    if sys.stdout.isatty() or trainer_cfg.get("enable_progress_bar") is False:
+        return
+    callbacks = trainer_cfg.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    if not any(isinstance(cb, ProgressBar) for cb in callbacks):
+        trainer_cfg["callbacks"] = [*callbacks, PlainProgressBar()]
+
+
+def add_exact_resume(trainer: Trainer) -> None:
+    """Append an :class:`~lit_llm.callbacks.ExactResume` unless the Trainer already has one."""
+    if not any(isinstance(cb, ExactResume) for cb in trainer.callbacks):  # type: ignore[attr-defined]
+        trainer.callbacks.append(ExactResume())  # type: ignore[attr-defined]
+
+
+def use_atomic_checkpoint_io(trainer: Trainer) -> None:
+    """Replace the strategy's default TorchCheckpointIO by :class:`~lit_llm.training.checkpointing.AtomicCheckpointIO`
+    (a kill during a save never truncates a checkpoint); a checkpoint IO the user chose is kept."""
+    strategy = trainer.strategy
+    if type(getattr(strategy, "_checkpoint_io", None) or strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()

@@ -1,4 +1,5 @@
-"""Standalone: TransformerFSDP2 on 2 CPU processes, exact resume from a sharded checkpoint.
+"""TransformerFSDP2 on 2 CPU processes, exact resume from a sharded checkpoint (run by fsdp2_script.py, in the same
+launch as its sharded training; standalone too).
 
 Run A trains 2 epochs straight. Run B trains 1 epoch, saves a sharded checkpoint, and a fresh Trainer resumes
 from it for the second epoch. Rank 0 writes both runs' gathered weights for the test to compare."""

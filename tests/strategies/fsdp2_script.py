@@ -1,12 +1,16 @@
-"""Standalone: train a tiny SequenceClassifier with TransformerFSDP2 on 2 CPU processes (gloo), save a sharded
-checkpoint, and record what each rank held. Run by tests/strategies/test_fsdp.py in a subprocess, because
-Lightning's subprocess launcher re-executes the calling script once per rank."""
+"""Standalone: TransformerFSDP2 on 2 CPU processes (gloo), both checks of tests/strategies/test_fsdp.py in one launch
+(starting the two ranks costs more than the tiny fits; Lightning's subprocess launcher re-executes this script once
+per rank, and each later Trainer reuses the process group).
+
+1. ``<out>/train``: train a tiny SequenceClassifier 3 steps, save a sharded checkpoint, record what each rank held.
+2. ``<out>/resume``: exact resume from a sharded checkpoint (fsdp2_resume_script.py)."""
 
 import json
 import sys
 from pathlib import Path
 
 import torch
+from fsdp2_resume_script import main as resume_main
 from lightning.pytorch import Trainer, seed_everything
 
 from lit_llm.datamodules import TextClassificationDataModule
@@ -41,4 +45,6 @@ def main(out: Path, tokenizer: str, train: str, vocab_size: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    root, tokenizer, vocab_size = Path(sys.argv[1]), sys.argv[2], int(sys.argv[5])
+    main(root / "train", tokenizer, sys.argv[3], vocab_size)
+    resume_main(root / "resume", tokenizer, sys.argv[4], vocab_size)  # deterministic: after the first part

@@ -23,8 +23,32 @@ def _run_two_ranks(script: str, out: Path, *args: object) -> None:
     env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     command = [sys.executable, str(HERE / script), str(out), *map(str, args)]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=out)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=out)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def fsdp2_runs(tmp_path_factory, tiny_tokenizer_dir, tiny_tokenizer) -> Path:
+    """Both two-process FSDP2 runs in one launch (fsdp2_script.py): ``train/`` (3 sharded steps on a sentiment CSV,
+    a sharded checkpoint, the gathered weights) and ``resume/`` (a straight 2-epoch run and a sharded-checkpoint
+    resume); the tests below only read what they wrote."""
+    import random
+
+    out = tmp_path_factory.mktemp("fsdp2")
+    (out / "train").mkdir()
+    (out / "resume").mkdir()
+    rng = random.Random(0)
+    pos, neg = ["good", "great", "brilliant", "fun", "loved", "best"], ["bad", "awful", "boring", "dull", "hated", "worst"]
+    filler = ["the", "movie", "film", "story", "was", "really", "very", "acting", "script"]
+    sentiment = out / "sentiment.csv"  # 96 rows as conftest's sentiment_csvs (a function-scoped fixture)
+    sentiment.write_text("text,label\n" + "".join(
+        f"{' '.join(rng.sample(filler, 4) + [rng.choice(pos if label == 'fresh' else neg)])},{label}\n"
+        for label in (rng.choice(["fresh", "rotten"]) for _ in range(96))))
+    resume_train = out / "resume_train.csv"
+    rows = "".join(f"good movie {i % 5},fresh\nbad film {i % 7},rotten\n" for i in range(12))
+    resume_train.write_text("text,label\n" + rows)  # 24 rows: 3 steps per epoch on each of 2 ranks with batch 4
+    _run_two_ranks("fsdp2_script.py", out, tiny_tokenizer_dir, sentiment, resume_train, len(tiny_tokenizer))
+    return out
 
 
 def test_block_classes_come_from_no_split_modules(tiny_bert_dir, tiny_gpt2_dir):
@@ -63,15 +87,13 @@ def test_fsdp1_on_cpu_suggests_fsdp2(tmp_path, tiny_bert_dir):
 
 
 @pytest.mark.slow
-def test_fsdp2_trains_sharded_on_two_cpu_processes_and_exports(
-    tmp_path, tiny_tokenizer_dir, tiny_tokenizer, sentiment_csvs
-):
-    _run_two_ranks("fsdp2_script.py", tmp_path, tiny_tokenizer_dir, sentiment_csvs["train"], len(tiny_tokenizer))
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+def test_fsdp2_trains_sharded_on_two_cpu_processes_and_exports(tmp_path, fsdp2_runs):
+    runs = fsdp2_runs / "train"
+    ranks = [json.loads((runs / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:
         assert r["world_size"] == 2 and r["is_dtensor"] and r["global_step"] == 3
         assert r["local_rows"] == 16  # the 32x32 query weight split in two shards of 16 rows
-    ckpt = tmp_path / "sharded.ckpt"
+    ckpt = runs / "sharded.ckpt"
     assert ckpt.is_dir() and (ckpt / ".metadata").is_file()  # one shard per rank, not a gathered file
 
     out = export_checkpoint(ckpt, tmp_path / "export", "lit_llm.modules.SequenceClassifier")
@@ -79,7 +101,7 @@ def test_fsdp2_trains_sharded_on_two_cpu_processes_and_exports(
 
     exported = AutoModelForSequenceClassification.from_pretrained(out)
     assert exported.config.id2label == {0: "fresh", 1: "rotten"}
-    full = torch.load(tmp_path / "full_state.pt", weights_only=True)
+    full = torch.load(runs / "full_state.pt", weights_only=True)
     for name, tensor in exported.state_dict().items():
         assert torch.equal(tensor, full[name]), name
 
@@ -140,13 +162,10 @@ def test_export_plain_checkpoint_and_errors(tmp_path, tiny_bert_dir, sentiment_c
 
 
 @pytest.mark.slow
-def test_fsdp2_sharded_checkpoint_resumes_exactly(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
-    train = tmp_path / "train.csv"
-    rows = "".join(f"good movie {i % 5},fresh\nbad film {i % 7},rotten\n" for i in range(12))
-    train.write_text("text,label\n" + rows)  # 24 rows: 3 steps per epoch on each of 2 ranks with batch 4
-    _run_two_ranks("fsdp2_resume_script.py", tmp_path, tiny_tokenizer_dir, train, len(tiny_tokenizer))
-    result = torch.load(tmp_path / "resume.pt", weights_only=True)
+def test_fsdp2_sharded_checkpoint_resumes_exactly(fsdp2_runs):
+    runs = fsdp2_runs / "resume"
+    result = torch.load(runs / "resume.pt", weights_only=True)
     assert result["steps"] == 6
-    assert (tmp_path / "epoch1.ckpt" / ".metadata").is_file()  # sharded, one file per rank
+    assert (runs / "epoch1.ckpt" / ".metadata").is_file()  # sharded, one file per rank
     for name, tensor in result["a"].items():
         assert torch.equal(tensor, result["b"][name]), name  # bitwise: the resumed run is the straight run

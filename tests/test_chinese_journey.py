@@ -1,10 +1,18 @@
 """The Chinese path as a user runs it, at tiny size: prepare the data, pre-train with whole-word masking from the
-config, fine-tune sentiment and NER from that run's export with their configs, and serve both in a fresh process."""
+config, fine-tune sentiment and NER from that run's export with their configs, and serve both in a fresh process.
+
+The preparation script and the three ``lit-llm fit`` runs go through their ``main`` in this process, as
+tests/test_readme.py runs the README's commands (starting Python with torch, Lightning and transformers costs more
+than each tiny run; each run still gets its own run directory); the serving is in a fresh process, where a user
+loads the exports with transformers alone."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -26,13 +34,29 @@ def run(args: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+def fit(args: list[str], cwd: Path) -> str:
+    """``lit-llm fit ARGS`` in this process, from ``cwd``: what it printed on stdout (its closing summary)."""
+    from lit_llm.cli import main
+
+    out, err, saved_cwd = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["fit", *args])
+    finally:
+        os.chdir(saved_cwd)
+    assert code == 0, out.getvalue()[-3000:] + err.getvalue()[-3000:]
+    return out.getvalue()
+
+
 @pytest.mark.slow
-def test_prepare_pretrain_finetune_and_serve(tmp_path):
-    python, cli = sys.executable, [sys.executable, "-m", "lit_llm.cli", "fit"]
-    run([python, str(REPO / "scripts" / "prepare_chinese.py"), "--tagged", str(write_tagged(tmp_path / "pd.txt",
-         repeat=10)), "--sentiment-dir", str(write_sentiment_dir(tmp_path / "senti")), "--fractions", "0.6", "0.2",
-         "0.2"], tmp_path)
-    out = run([*cli, "--config", str(REPO / "configs/pretrain/bert_zh_wwm.yaml"), *QUIET,
+def test_prepare_pretrain_finetune_and_serve(tmp_path, monkeypatch):
+    python = sys.executable
+    monkeypatch.chdir(tmp_path)  # the script writes data/zh under the current directory, as a user runs it
+    prepare = runpy.run_path(str(REPO / "scripts" / "prepare_chinese.py"), run_name="prepare_chinese")["main"]
+    assert prepare(["--tagged", str(write_tagged(tmp_path / "pd.txt", repeat=10)), "--sentiment-dir",
+                    str(write_sentiment_dir(tmp_path / "senti")), "--fractions", "0.6", "0.2", "0.2"]) == 0
+    out = fit(["--config", str(REPO / "configs/pretrain/bert_zh_wwm.yaml"), *QUIET,
                "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--model.init_args.model", TINY_BERT,
                "--data.init_args.vocab_size", "300", "--data.init_args.batch_size", "4",
                "--data.init_args.num_proc", "null"], tmp_path)
@@ -44,7 +68,7 @@ def test_prepare_pretrain_finetune_and_serve(tmp_path):
     assert tokenizer.tokenize("北京新年") == ["北", "京", "新", "年"]  # character-level
 
     for task in ("sentiment", "ner"):
-        out = run([*cli, "--config", str(REPO / f"configs/finetune/bert_zh_{task}.yaml"), *QUIET,
+        out = fit(["--config", str(REPO / f"configs/finetune/bert_zh_{task}.yaml"), *QUIET,
                    "--trainer.max_epochs", "1", "--test_after_fit", "true"], tmp_path)
         assert f"exported model:   {tmp_path / 'runs' / f'bert_zh_{task}' / 'version_0' / 'export'}" in out
 

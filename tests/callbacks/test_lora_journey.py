@@ -1,12 +1,17 @@
 """The LoRA journey a user strings together: ``lit-llm fit`` with the callback (and WarmupSchedule, GlobalBatchSize)
 -> a checkpoint holding only the adapters -> ``--ckpt_path last`` resume -> the merged artifact loaded in a fresh
-process by ``pipeline()`` -> ``lit-llm export`` of the best adapter checkpoint gives the same model."""
+process by ``pipeline()`` -> ``lit-llm export`` of the best adapter checkpoint gives the same model.
+
+``lit-llm fit`` runs through its ``main`` in this process (starting Python with torch, Lightning, transformers and
+peft costs more than each tiny run; the resume still starts from the checkpoint on disk, in a new Trainer);
+``pipeline()`` runs in a fresh process, where a user loads the merged model with transformers alone."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,15 +28,22 @@ REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["good movie", "the film was really bad", "dull story and awful acting"]
 
 
-def _fit(tmp_path: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", WANDB_MODE="offline")
-    proc = subprocess.run(
-        [sys.executable, "-m", "lit_llm.cli", "fit", "--config", str(config), "--run_root", str(tmp_path / "runs"),
-         "--run_name", "rt", *extra],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+def _fit(tmp_path: Path, config: Path, *extra: str) -> tuple[str, str]:
+    """``lit-llm fit`` in this process, from ``tmp_path``: what it printed (stdout) and what Lightning's loggers
+    logged (the callbacks' ``rank_zero_info``)."""
+    out, err, logged, saved_cwd = io.StringIO(), io.StringIO(), io.StringIO(), os.getcwd()
+    handler, lightning_logger = logging.StreamHandler(logged), logging.getLogger("lightning.pytorch")
+    lightning_logger.addHandler(handler)
+    os.chdir(tmp_path)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["fit", "--config", str(config), "--run_root", str(tmp_path / "runs"), "--run_name", "rt",
+                         *extra])
+    finally:
+        os.chdir(saved_cwd)
+        lightning_logger.removeHandler(handler)
+    assert code == 0, out.getvalue()[-2000:] + err.getvalue()[-3000:]
+    return out.getvalue(), logged.getvalue()
 
 
 def _pipeline_scores(model_dirs: list[Path]) -> list[list[list[dict]]]:
@@ -92,8 +104,8 @@ def test_fit_resume_and_pipeline_of_the_merged_model(tmp_path, encoder_dir, sent
                  "init_args": {"tokenizer": str(tiny_bert_dir), "train_file": str(sentiment_csvs["train"]),
                                "validation_file": str(sentiment_csvs["val"]), "batch_size": 8}},
     }))
-    first = _fit(tmp_path, config)
-    assert "of rank 4 on 12 Linear layers, head ['classifier']" in first.stdout + first.stderr
+    printed, logged = _fit(tmp_path, config)
+    assert "of rank 4 on 12 Linear layers, head ['classifier']" in logged
     run = tmp_path / "runs" / "rt" / "version_0"
     last = run / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)
@@ -102,7 +114,7 @@ def test_fit_resume_and_pipeline_of_the_merged_model(tmp_path, encoder_dir, sent
     assert len(keys) == 2 * 12 + 2
     assert all(".lora_A." in k or ".lora_B." in k or "classifier.modules_to_save." in k for k in keys), keys
     assert checkpoint["optimizer_states"][0]["state"]  # the optimizer state is kept
-    assert "LoRA artifact:" in first.stdout  # the CLI's closing summary names the adapters
+    assert "LoRA artifact:" in printed  # the CLI's closing summary names the adapters
     assert (run / "export-lora" / "adapter_model.safetensors").is_file()
 
     _fit(tmp_path, config, "--ckpt_path", "last", "--trainer.max_steps", "5")

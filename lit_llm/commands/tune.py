@@ -509,7 +509,7 @@ def full_config(config: str, overrides: list[str] | None = None) -> dict[str, An
         FileNotFoundError: no such file.
         InvalidArgumentError: LightningCLI rejects the config (its own message is printed first, on stderr).
     """
-    from lit_llm.cli import LitLLMCLI  # tune runs `lit-llm fit`; it is the one other module built on the CLI
+    from lit_llm.commands.lightning_cli import LitLLMCLI  # each trial is a `lit-llm fit` run
 
     if not Path(config).is_file():
         raise FileNotFoundError(f"--config {config}: no such file")
@@ -574,7 +574,7 @@ def _run_trial(
     monitor: str,
     mode: str,
 ) -> float:
-    from lit_llm.cli import LitLLMCLI
+    from lit_llm.commands.lightning_cli import LitLLMCLI
 
     pruning = OptunaPruning(trial, monitor=monitor, mode=mode)
 

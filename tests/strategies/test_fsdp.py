@@ -38,7 +38,8 @@ def fsdp2_runs(tmp_path_factory, tiny_tokenizer_dir, tiny_tokenizer) -> Path:
     (out / "train").mkdir()
     (out / "resume").mkdir()
     rng = random.Random(0)
-    pos, neg = ["good", "great", "brilliant", "fun", "loved", "best"], ["bad", "awful", "boring", "dull", "hated", "worst"]
+    pos = ["good", "great", "brilliant", "fun", "loved", "best"]
+    neg = ["bad", "awful", "boring", "dull", "hated", "worst"]
     filler = ["the", "movie", "film", "story", "was", "really", "very", "acting", "script"]
     sentiment = out / "sentiment.csv"  # 96 rows as conftest's sentiment_csvs (a function-scoped fixture)
     sentiment.write_text("text,label\n" + "".join(

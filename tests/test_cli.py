@@ -98,6 +98,10 @@ def test_fit_and_test_in_a_subprocess_with_wandb(tmp_path, tiny_bert_dir, sentim
     assert f"report:           {run_dir / 'reports' / 'classification_report.txt'}" in out
     assert "Classification report (test):" in out + proc.stderr and "weighted avg" in out + proc.stderr
     assert (run_dir / "config.yaml").is_file()
+    # where the wall time went, each stage of fit and of the test after it (issue 17: time outside the loop)
+    time_line = next(line for line in out.splitlines() if line.startswith("time:"))
+    for stage in ("start-up", "data setup", "model setup", "training loop", "validation", "fit end", "test"):
+        assert f"{stage} " in time_line, time_line
 
     from transformers import pipeline
 
@@ -224,12 +228,15 @@ def test_summary_lists_every_output_in_order(tmp_path):
 
     from lightning.pytorch.loggers import CSVLogger
 
+    from lit_llm.callbacks import StageTimes
     from lit_llm.commands.summary import summary_lines
 
     checkpoint = SimpleNamespace(best_model_path="b.ckpt", best_model_score=0.5, monitor="val/f1", last_model_path="")
     pruning = type("Pruning", (), {"report_path": "r.md", "artifact_path": "a.pt"})()
+    times = StageTimes()
+    times.seconds = {"data": 1.0, "training": 10.0, "validation": 2.0}
     trainer = SimpleNamespace(checkpoint_callback=checkpoint, loggers=[CSVLogger(tmp_path, name="", version="")],
-                              callbacks=[SimpleNamespace(written="p.jsonl"), pruning])
+                              callbacks=[SimpleNamespace(written="p.jsonl"), pruning, times])
     model = SimpleNamespace(export_path="export", report_path=None)
     assert summary_lines(tmp_path / "run", trainer, model) == [
         f"run directory:    {tmp_path / 'run'}",
@@ -239,4 +246,5 @@ def test_summary_lists_every_output_in_order(tmp_path):
         "Pruning report: r.md",
         "Pruning artifact: a.pt",
         f"CSV metrics:      {tmp_path / 'metrics.csv'}",
+        "time:             data setup 1.0 s, training loop 10.0 s, validation 2.0 s (total 13.0 s)",
     ]

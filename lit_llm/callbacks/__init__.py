@@ -9,6 +9,7 @@ from lit_llm.callbacks.progress import PlainProgressBar
 from lit_llm.callbacks.pruning import Pruning
 from lit_llm.callbacks.quantization import Int8Quantization
 from lit_llm.callbacks.resume import ExactResume
+from lit_llm.callbacks.stage_times import StageTimes
 from lit_llm.callbacks.throughput import TransformerThroughputMonitor
 from lit_llm.callbacks.warmup import WarmupSchedule
 
@@ -22,4 +23,5 @@ __all__ = [
     "LowRankFactorization",
     "PlainProgressBar",
     "Pruning",
+    "StageTimes",
     "GlobalBatchSize", "TransformerThroughputMonitor", "WarmupSchedule"]

@@ -27,7 +27,12 @@ from lit_llm.commands.run_dirs import (
     save_config_beside_earlier,
 )
 from lit_llm.commands.summary import print_summary
-from lit_llm.commands.trainer_defaults import add_exact_resume, add_plain_progress_bar, use_atomic_checkpoint_io
+from lit_llm.commands.trainer_defaults import (
+    add_exact_resume,
+    add_plain_progress_bar,
+    add_stage_times,
+    use_atomic_checkpoint_io,
+)
 from lit_llm.commands.user_errors import validate_ckpt_path
 
 __all__ = ["LitLLMCLI"]
@@ -89,6 +94,7 @@ class LitLLMCLI(LightningCLI):
         if self.subcommand is not None:  # without one (run=False) there is no run directory
             checkpoints_into_run_dir(trainer, self.run_dir)
         add_exact_resume(trainer)
+        self.stage_times = add_stage_times(trainer)
         if self.resumed_from is not None:
             save_config_beside_earlier(trainer, self.run_dir)
         use_atomic_checkpoint_io(trainer)
@@ -96,7 +102,19 @@ class LitLLMCLI(LightningCLI):
             trainer.callbacks.append(JsonlPredictionWriter(str(self._prediction_file)))  # type: ignore[attr-defined]
         return trainer
 
-    # ---------------------------------------------------------------- after each subcommand
+    # ---------------------------------------------------------------- around each subcommand
+    def before_fit(self) -> None:
+        self.stage_times.mark_start()
+
+    def before_validate(self) -> None:
+        self.stage_times.mark_start()
+
+    def before_test(self) -> None:
+        self.stage_times.mark_start()
+
+    def before_predict(self) -> None:
+        self.stage_times.mark_start()
+
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit"):
             self._test_best()

@@ -16,6 +16,7 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_llm.callbacks.stage_times import StageTimes
 from lit_llm.commands.loggers import logger_locations
 
 __all__ = ["print_summary", "summary_lines"]
@@ -23,13 +24,14 @@ __all__ = ["print_summary", "summary_lines"]
 
 def summary_lines(run_dir: Path, trainer: Trainer, model: Any) -> list[str]:
     """The end-of-run lines, in order: run directory, checkpoints, the model's outputs, the callbacks' outputs,
-    the loggers' locations."""
+    the loggers' locations, where the wall time went."""
     return [
         f"run directory:    {run_dir}",
         *_checkpoint_lines(trainer.checkpoint_callback),
         *_model_output_lines(model),
         *_callback_output_lines(trainer.callbacks),  # type: ignore[attr-defined]
         *logger_locations(trainer.loggers),
+        *_time_lines(trainer.callbacks),  # type: ignore[attr-defined]
     ]
 
 
@@ -79,3 +81,9 @@ def _callback_output_lines(callbacks: list[Any]) -> list[str]:
         if artifact:
             lines.append(f"{type(cb).__name__} artifact: {artifact}")
     return lines
+
+
+def _time_lines(callbacks: list[Any]) -> list[str]:
+    """The run's wall time by stage (start-up, data, model setup, training loop, validation, fit end, test)."""
+    times = next((cb for cb in callbacks if isinstance(cb, StageTimes)), None)
+    return [f"time:             {times.summary()}"] if times is not None and times.seconds else []

@@ -19,6 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_llm.callbacks.progress import PlainProgressBar
 from lit_llm.callbacks.resume import ExactResume
+from lit_llm.callbacks.stage_times import StageTimes
 from lit_llm.training.checkpointing import AtomicCheckpointIO
 
 __all__ = ["add_exact_resume", "add_plain_progress_bar", "use_atomic_checkpoint_io"]
@@ -39,6 +40,16 @@ def add_exact_resume(trainer: Trainer) -> None:
     """Append an :class:`~lit_llm.callbacks.ExactResume` unless the Trainer already has one."""
     if not any(isinstance(cb, ExactResume) for cb in trainer.callbacks):  # type: ignore[attr-defined]
         trainer.callbacks.append(ExactResume())  # type: ignore[attr-defined]
+
+
+def add_stage_times(trainer: Trainer) -> StageTimes:
+    """The Trainer's :class:`~lit_llm.callbacks.StageTimes` (appended when it has none), for the run summary."""
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(cb, StageTimes):
+            return cb
+    times = StageTimes()
+    trainer.callbacks.append(times)  # type: ignore[attr-defined]
+    return times
 
 
 def use_atomic_checkpoint_io(trainer: Trainer) -> None:

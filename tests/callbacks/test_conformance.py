@@ -78,6 +78,9 @@ class_path: lit_llm.callbacks.StopOnNonFiniteLoss
 class_path: lit_llm.callbacks.PlainProgressBar
 init_args: {every_n_steps: 2, every_n_seconds: 0}
 """,
+    "StageTimes": """
+class_path: lit_llm.callbacks.StageTimes
+""",
 }
 
 # Cases known to fail for a reason outside this suite: name -> reason (xfail, not strict). Empty when all pass.

@@ -453,7 +453,7 @@ def test_sequence_classifier_bad_arguments(tiny_bert_dir):
 
     with pytest.raises(ValueError, match=r"num_labels=0: must be >= 1"):
         SequenceClassifier(str(tiny_bert_dir), num_labels=0)
-    with pytest.raises(ValueError, match=r"layer_decay=0\.0: must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"SequenceClassifier\(layer_decay=0\.0\): must be in \(0, 1\]"):
         SequenceClassifier(str(tiny_bert_dir), layer_decay=0.0)
 
 
@@ -463,7 +463,8 @@ def test_sequence_classifier_without_any_labels(tiny_bert_dir):
     model = SequenceClassifier(str(tiny_bert_dir))  # a masked-LM checkpoint: generic LABEL_i names only
     with pytest.raises(ValueError, match=r"the model has no labels yet; pass labels="):
         model.classify(["a good film"])
-    with pytest.raises(ValueError, match=r"SequenceClassifier: no labels\. Pass labels="):
+    with pytest.raises(ValueError, match=r"SequenceClassifier\(labels=None\) takes its labels from trainer\.datamodule"
+                                         r"\.labels.*load a fine-tuned model with id2label"):
         model.setup("fit")
 
 

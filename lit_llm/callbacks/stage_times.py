@@ -57,7 +57,8 @@ class StageTimes(Callback):
     - ``validation``: every validation run during fit;
     - ``fit_end``: after the last step to the end of ``fit``: the modules' fit end (the best weights restored and
       exported) and the checkpoint callbacks' last saves;
-    - ``test`` / ``predict``: from the trainer's setup for that stage to its teardown.
+    - ``test`` / ``predict``: from the end of the previous stage (or :meth:`mark_start`) to that stage's teardown,
+      so the datamodule's setup for it counts.
 
     Wall-clock seconds of this process (rank 0 prints them under ``lit-llm``), in :attr:`seconds`.
 
@@ -71,11 +72,12 @@ class StageTimes(Callback):
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self._start: float | None = None
+        self._since: float | None = None  # where the next test / predict stage starts counting
         self._marks: dict[str, float] = {}
 
     def mark_start(self) -> None:
         """Call just before ``trainer.fit`` / ``test``: what came before counts as start-up, what follows as data."""
-        self._start = time.time()
+        self._start = self._since = time.time()
         started = process_start_time()
         if started is not None:
             self.seconds["startup"] = max(0.0, self._start - started)
@@ -86,7 +88,8 @@ class StageTimes(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         now = time.time()
-        self._marks[f"setup_{stage}"] = now
+        # The datamodule's setup ran just before this hook: a test / predict stage counts from its start.
+        self._marks[f"setup_{stage}"] = self._since if self._since is not None and stage != "fit" else now
         if stage == "fit":
             begin = self._start if self._start is not None else process_start_time()
             if begin is not None:
@@ -118,6 +121,7 @@ class StageTimes(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         now = time.time()
+        self._since = now
         if stage == "fit" and "train_end" in self._marks:
             self._add("fit_end", now - self._marks.pop("train_end"))
         elif stage in ("test", "predict") and f"setup_{stage}" in self._marks:

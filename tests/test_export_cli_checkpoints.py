@@ -150,11 +150,12 @@ def test_a_sharded_fsdp2_checkpoint_exports(tmp_path, tiny_tokenizer_dir, tiny_t
     env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     script = TESTS / "strategies" / "fsdp2_script.py"
-    args = [tmp_path, tiny_tokenizer_dir, sentiment_csvs["train"], len(tiny_tokenizer)]
+    args = [tmp_path, tiny_tokenizer_dir, sentiment_csvs["train"], "-", len(tiny_tokenizer)]  # "-": no resume part
     proc = subprocess.run([sys.executable, str(script), *map(str, args)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    sharded = tmp_path / "sharded.ckpt"
+    out = tmp_path / "train"
+    sharded = out / "sharded.ckpt"
     assert (sharded / ".metadata").is_file() and len(list(sharded.glob("*.distcp"))) == 2  # one shard per rank
 
     code, err = _export(sharded, tmp_path / "hf", "--module", "lit_llm.modules.SequenceClassifier")
@@ -164,7 +165,7 @@ def test_a_sharded_fsdp2_checkpoint_exports(tmp_path, tiny_tokenizer_dir, tiny_t
                   num_attention_heads=2, intermediate_size=37, hidden_dropout_prob=0.0,
                   attention_probs_dropout_prob=0.0)
     module = SequenceClassifier(config, tokenizer=str(tiny_tokenizer_dir), labels=["fresh", "rotten"], export=False)
-    module.model.load_state_dict(torch.load(tmp_path / "full_state.pt", weights_only=True))
+    module.model.load_state_dict(torch.load(out / "full_state.pt", weights_only=True))
     (loaded,) = fresh_process_logits([tmp_path / "hf"])
     assert loaded["id2label"] == {"0": "fresh", "1": "rotten"}
     assert torch.allclose(torch.tensor(loaded["logits"]), in_memory_logits(module.model, tmp_path / "hf"), atol=1e-4)

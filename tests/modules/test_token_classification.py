@@ -261,6 +261,7 @@ CALLBACK_ARGS = {
     "ExactResume": {},
     "PlainProgressBar": {"every_n_steps": 1},
     "LoRA": {"rank": 4},
+    "StageTimes": {},
 }
 
 

@@ -47,4 +47,5 @@ def main(out: Path, tokenizer: str, train: str, vocab_size: int) -> None:
 if __name__ == "__main__":
     root, tokenizer, vocab_size = Path(sys.argv[1]), sys.argv[2], int(sys.argv[5])
     main(root / "train", tokenizer, sys.argv[3], vocab_size)
-    resume_main(root / "resume", tokenizer, sys.argv[4], vocab_size)  # deterministic: after the first part
+    if sys.argv[4] != "-":  # "-": the sharded training only (tests/test_export_cli_checkpoints.py)
+        resume_main(root / "resume", tokenizer, sys.argv[4], vocab_size)  # deterministic: after the first part

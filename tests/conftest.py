@@ -1,4 +1,9 @@
-"""Session fixtures: a tiny WordPiece tokenizer and tiny BERT / GPT-2 models saved to disk (no downloads)."""
+"""Session fixtures: a tiny WordPiece tokenizer and tiny BERT / GPT-2 models saved to disk (no downloads).
+
+Multi-process tests start their workers by fork (``ddp_fork``, ``start_method="fork"``): a forked worker inherits
+the imports, where a spawned one re-imports torch and lightning (about 10 s of CPU each), and keeps the suite's
+warning filters. The CLI's own ``ddp`` launcher (new processes) is run by the README and CLI tests.
+"""
 
 from __future__ import annotations
 

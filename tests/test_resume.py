@@ -191,7 +191,7 @@ def test_two_process_ddp_stop_and_resume_equals_one_run(tmp_path):
     from lit_llm.callbacks import ExactResume
 
     def trainer(root, steps, *callbacks):
-        return pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=steps, logger=False,
+        return pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_steps=steps, logger=False,
                           enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
                           callbacks=[ExactResume(), *callbacks])
 

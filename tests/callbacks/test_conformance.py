@@ -288,7 +288,7 @@ def test_every_callback_on_two_processes(tmp_path):
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
     context = mp.start_processes(_two_process_worker, args=(names, paths, str(tmp_path), find_free_network_port()),
-                                nprocs=2, join=False, start_method="spawn")
+                                nprocs=2, join=False, start_method="fork")
     deadline = time.monotonic() + 120 + 30 * len(names)
     try:
         while not context.join(timeout=5):

@@ -1,4 +1,4 @@
-"""The drop-in DistillationTeacher under DDP (2 CPU processes, ddp_spawn): same result as one process."""
+"""The drop-in DistillationTeacher under DDP (2 CPU processes, ddp_fork): same result as one process."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_drop_in_distillation_with_a_projection_on_two_processes_equals_one(tmp_
     single = PlainStudent(micro_batch=8)
     _trainer(devices=1, callbacks=[single_cb], limit_val_batches=0).fit(single)
     _trainer(
-        devices=2, strategy="ddp_spawn", limit_val_batches=0, use_distributed_sampler=False,
+        devices=2, strategy="ddp_fork", limit_val_batches=0, use_distributed_sampler=False,
         callbacks=[callback(), Dump(tmp_path)],
     ).fit(PlainStudent(micro_batch=4))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

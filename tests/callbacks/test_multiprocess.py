@@ -1,4 +1,4 @@
-"""Callbacks on 2 CPU processes (ddp_spawn, gloo) against one process, where the math says they must match."""
+"""Callbacks on 2 CPU processes (ddp_fork, gloo) against one process, where the math says they must match."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def test_distillation_on_two_processes_equals_one(tmp_path, teacher_dir):
     ).fit(single)
     _trainer(
         devices=2,
-        strategy="ddp_spawn",
+        strategy="ddp_fork",
         limit_val_batches=0,
         use_distributed_sampler=False,
         callbacks=[DistillationTeacher(str(teacher_dir), temperature=2.0, alpha=0.5), Dump(tmp_path)],
@@ -155,7 +155,7 @@ def test_early_stopping_stops_every_rank_together(tmp_path):
     curves = {0: [1.0] * 10, 1: [1.0 / (e + 1) for e in range(10)]}
     _trainer(
         devices=2,
-        strategy="ddp_spawn",
+        strategy="ddp_fork",
         max_epochs=10,
         callbacks=[EarlyStopping(monitor="val/loss", patience=1), Dump(tmp_path)],
     ).fit(Student(micro_batch=4, val_losses=curves))
@@ -188,7 +188,7 @@ def test_int8_quantization_on_two_processes_equals_one(tmp_path):
         Student(micro_batch=4)
     )
     _trainer(
-        devices=2, strategy="ddp_spawn", callbacks=[Int8Quantization(report=False), DumpLogits(two)]
+        devices=2, strategy="ddp_fork", callbacks=[Int8Quantization(report=False), DumpLogits(two)]
     ).test(Student(micro_batch=4))
     single = json.loads((one / "logits0.json").read_text())
     ranks = [json.loads((two / f"logits{r}.json").read_text()) for r in (0, 1)]

@@ -120,12 +120,12 @@ class _RanksAgree(pl.Callback):
 
 
 @pytest.mark.slow
-def test_ddp_spawn_two_processes(tmp_path):
+def test_ddp_two_processes(tmp_path):
     model = UserClassifier()
     t = trainer(tmp_path, [_RanksAgree(), Pruning(amount=0.5, start_step=0, end_step=2, frequency=1)],
-                max_steps=3, strategy="ddp_spawn", devices=2)
+                max_steps=3, strategy="ddp_fork", devices=2)
     t.fit(model, loader())
-    # ddp_spawn copies rank 0's weights back: half of the block Linear weights are exactly zero
+    # the launcher copies rank 0's weights back: half of the block Linear weights are exactly zero
     names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layer." in n]
     zeros, total = measure_sparsity(model, names)
     assert zeros == round(0.5 * total)

@@ -223,7 +223,7 @@ def test_metric_sums_counts_across_ranks(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, gold, pred, tmp_path), nprocs=2, join=True)
+    mp.start_processes(_ddp_worker, args=(2, port, gold, pred, tmp_path), nprocs=2, join=True, start_method="fork")
     out = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)}
     # strict: pred PER(0,2) | - | LOC(1,2) | LOC(0,2): tp 2 of 3 predicted, 4 gold -> P 2/3, R 1/2, F1 4/7
     expected = entity_scores(gold, pred)

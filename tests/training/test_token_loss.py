@@ -117,5 +117,5 @@ def test_accumulation_equals_one_batch(tiny_gpt2_dir, tmp_path):
 def test_two_ddp_processes_equal_one(tiny_gpt2_dir, tmp_path):
     expected = reference_grads(tiny_gpt2_dir)
     # 2 ranks x 2 micro-batches of 2 rows = the 8 rows, with unequal target counts per rank and micro-batch
-    ddp = trainer_grads(tiny_gpt2_dir, tmp_path, batch_size=2, accumulate=2, devices=2, strategy="ddp_spawn")
+    ddp = trainer_grads(tiny_gpt2_dir, tmp_path, batch_size=2, accumulate=2, devices=2, strategy="ddp_fork")
     assert rel_err(ddp, expected) < 1e-5

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -127,14 +125,17 @@ def test_emitted_8bit_config_and_no_overwrite(capsys, tmp_path):
     assert code == 2 and "already exists" in err
 
 
-def test_module_entry_point(tiny_bert_dir):
-    proc = subprocess.run(
-        [sys.executable, "-m", "lit_llm.planning.cli", "--model", str(tiny_bert_dir), "--task", "mlm", "--seq_len",
-         "64", "--global_batch", "8", "--hardware", "cpu", "--json"],
-        capture_output=True, text=True, check=False, cwd=Path(__file__).parents[2],
-    )
-    assert proc.returncode == 0, proc.stderr
-    best = json.loads(proc.stdout)["recommendation"]
+def test_module_entry_point(tiny_bert_dir, monkeypatch, capsys):
+    """``python -m lit_llm.planning.cli ...``: its ``__main__`` branch, run in-process by runpy (as -m does)."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["lit_llm.planning.cli", "--model", str(tiny_bert_dir), "--task", "mlm",
+                                      "--seq_len", "64", "--global_batch", "8", "--hardware", "cpu", "--json"])
+    monkeypatch.delitem(sys.modules, "lit_llm.planning.cli", raising=False)  # runpy warns on a module already run
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("lit_llm.planning.cli", run_name="__main__", alter_sys=True)
+    assert exit_.value.code in (0, None)
+    best = json.loads(capsys.readouterr().out)["recommendation"]
     assert best["strategy"] == "ddp" and best["micro_batch"] == 8
 
 

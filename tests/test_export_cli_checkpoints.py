@@ -1,5 +1,6 @@
 """``lit-llm export`` on the checkpoints our CLI and strategies write: best and last of a `lit-llm fit` run, a resumed
-run's last checkpoint, a TransformerFSDP2 sharded directory, and a user's own LightningModule given ``--module``.
+run's last checkpoint, and a user's own LightningModule given ``--module`` (a TransformerFSDP2 sharded directory:
+tests/strategies/test_fsdp.py, on the checkpoint of its two-process run).
 Each export is loaded in a fresh process with ``from_pretrained`` and gives the logits of the module in memory."""
 
 from __future__ import annotations
@@ -138,37 +139,6 @@ def test_the_module_class_is_validated_before_anything_is_imported(tmp_path):
     assert "antigravity" not in sys.modules  # a stdlib module named by a checkpoint is never imported
     with pytest.raises(CheckpointError, match=r"--module 'torch.nn.Linear' is not a LightningModule subclass"):
         rebuild_module(state, "torch.nn.Linear")
-
-
-@pytest.mark.slow
-def test_a_sharded_fsdp2_checkpoint_exports(tmp_path, tiny_tokenizer_dir, tiny_tokenizer, sentiment_csvs):
-    """The TransformerFSDP2 run of tests/strategies/fsdp2_script.py (2 CPU processes) leaves a sharded checkpoint
-    directory and the full weights it trained; the export of the directory gives that model's logits."""
-    from lit_llm.modules import SequenceClassifier
-
-    launcher_keys = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in launcher_keys}
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    script = TESTS / "strategies" / "fsdp2_script.py"
-    args = [tmp_path, tiny_tokenizer_dir, sentiment_csvs["train"], "-", len(tiny_tokenizer)]  # "-": no resume part
-    proc = subprocess.run([sys.executable, str(script), *map(str, args)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = tmp_path / "train"
-    sharded = out / "sharded.ckpt"
-    assert (sharded / ".metadata").is_file() and len(list(sharded.glob("*.distcp"))) == 2  # one shard per rank
-
-    code, err = _export(sharded, tmp_path / "hf", "--module", "lit_llm.modules.SequenceClassifier")
-    assert code == 0, err
-    # The module in memory: the script's architecture with the full weights it gathered after training.
-    config = dict(model_type="bert", vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=2, intermediate_size=37, hidden_dropout_prob=0.0,
-                  attention_probs_dropout_prob=0.0)
-    module = SequenceClassifier(config, tokenizer=str(tiny_tokenizer_dir), labels=["fresh", "rotten"], export=False)
-    module.model.load_state_dict(torch.load(out / "full_state.pt", weights_only=True))
-    (loaded,) = fresh_process_logits([tmp_path / "hf"])
-    assert loaded["id2label"] == {"0": "fresh", "1": "rotten"}
-    assert torch.allclose(torch.tensor(loaded["logits"]), in_memory_logits(module.model, tmp_path / "hf"), atol=1e-4)
 
 
 def test_hyper_parameters_or_weights_that_do_not_fit_the_class(tmp_path, tiny_bert_dir):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from lit_llm.commands.export import CheckpointError, export_checkpoint, load_checkpoint, main as export_main
+from lit_llm.commands.export import CheckpointError, load_checkpoint, main as export_main
 from lit_llm.modules import SequenceClassifier
 from lit_llm.strategies import TransformerFSDP, TransformerFSDP2, find_block_classes
 
@@ -95,12 +95,13 @@ def test_fsdp2_trains_sharded_on_two_cpu_processes_and_exports(tmp_path, fsdp2_r
         assert r["world_size"] == 2 and r["is_dtensor"] and r["global_step"] == 3
         assert r["local_rows"] == 16  # the 32x32 query weight split in two shards of 16 rows
     ckpt = runs / "sharded.ckpt"
-    assert ckpt.is_dir() and (ckpt / ".metadata").is_file()  # one shard per rank, not a gathered file
+    assert (ckpt / ".metadata").is_file() and len(list(ckpt.glob("*.distcp"))) == 2  # one shard per rank
 
-    out = export_checkpoint(ckpt, tmp_path / "export", "lit_llm.modules.SequenceClassifier")
+    # `lit-llm export` of the directory (the command's own entry point) consolidates the shards.
+    assert export_main([str(ckpt), str(tmp_path / "export"), "--module", MODULE]) == 0
     from transformers import AutoModelForSequenceClassification
 
-    exported = AutoModelForSequenceClassification.from_pretrained(out)
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export")
     assert exported.config.id2label == {0: "fresh", 1: "rotten"}
     full = torch.load(runs / "full_state.pt", weights_only=True)
     for name, tensor in exported.state_dict().items():

@@ -20,6 +20,7 @@ import yaml
 from export_helpers import UserClassifier, fresh_process_logits, in_memory_logits
 from lit_llm.cli import main
 from lit_llm.commands.export import CheckpointError, load_checkpoint, rebuild_module
+from tests.test_resume import _fit_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -70,7 +71,8 @@ def test_best_last_and_resumed_checkpoints_of_lit_llm_fit_export(tmp_path, tiny_
     kept = tmp_path / "first_run"
     shutil.copytree(checkpoints, kept)  # the resume overwrites last.ckpt
     (best,) = [p for p in kept.glob("*.ckpt") if p.name != "last.ckpt"]
-    _fit(tmp_path, config, "--ckpt_path", "last", "--trainer.max_steps", "5")
+    code, _, _ = _fit_in_process(tmp_path, config, "rt", "--ckpt_path", "last", "--trainer.max_steps", "5")
+    assert code == 0
     resumed = checkpoints / "last.ckpt"
 
     cases = {"best": best, "last": kept / "last.ckpt", "resumed": resumed}

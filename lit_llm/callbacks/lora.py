@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from lit_llm.compression.compressed_models import (
 from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import export_pretrained
 from lit_llm.training.lora import (
+    qlora_compute_dtype,
     LORA_STATE_FORMAT,
     LoraSpec,
     require_peft,
@@ -62,10 +64,12 @@ class LoRA(Callback):
     them, to ``export-lora.resume<n>`` (as the CLI does for the module's ``export``).
     ``lit-llm export`` of a checkpoint written with LoRA re-applies the adapters and exports the merged model.
 
-    QLoRA: the target layers' frozen weights are stored in 4-bit NF4 (bitsandbytes, bf16 compute) and the
-    adapters are bf16. At fit start it checks that bitsandbytes 4-bit runs on the device (it does on CPU with
-    bitsandbytes 0.50.2) and raises an error naming what runs otherwise. Not with FSDP2 (4-bit weights are not
-    sharded): use DDP.
+    QLoRA: the target layers' frozen weights are stored in 4-bit NF4 (bitsandbytes) and their matmuls and the
+    adapters use ``compute_dtype``: with ``"auto"``, bf16 on CUDA and on a CPU with bf16 matmul hardware (AMX or
+    AVX-512 bf16), fp32 on other CPUs, where bf16 matmuls run on a slow fallback kernel (30x slower for a NF4
+    layer of MiniLM on an AVX2 EPYC). At fit start it checks that bitsandbytes 4-bit runs on the device (it does
+    on CPU with bitsandbytes 0.50.2) and raises an error naming what runs otherwise. Not with FSDP2 (4-bit
+    weights are not sharded): use DDP.
 
     Contract with the module: ``getattr(pl_module, model_attr)`` is the model to adapt (an ``nn.Module``; a
     transformers model for the artifacts); ``pl_module.tokenizer``, when it is a transformers tokenizer, is saved
@@ -81,6 +85,8 @@ class LoRA(Callback):
             the pretrained directory lacks (``bert.pooler`` of a masked-LM checkpoint), which would otherwise stay
             frozen at its random initialization.
         quantize_base: None (LoRA) or ``"nf4"`` (QLoRA).
+        compute_dtype: QLoRA's compute dtype: ``"auto"``, ``"bf16"`` or ``"fp32"`` (``lit-llm export`` of a
+            checkpoint uses the checkpoint's).
         export_artifact: write the adapters at fit end.
         artifact_dir: where; None = ``<default_root_dir>/export-lora``. Must be new or empty.
         export_merged: also write the merged model at fit end.
@@ -108,6 +114,7 @@ class LoRA(Callback):
         patterns: list[str] | None = None,
         head: list[str] | None = None,
         quantize_base: Literal["nf4"] | None = None,
+        compute_dtype: Literal["auto", "bf16", "fp32"] = "auto",
         export_artifact: bool = True,
         artifact_dir: str | None = None,
         export_merged: bool = False,
@@ -115,6 +122,9 @@ class LoRA(Callback):
         model_attr: str = "model",
     ) -> None:
         LoraSpec(targets=[], rank=rank, alpha=alpha, dropout=dropout, quantize_base=quantize_base)  # checks values
+        if compute_dtype not in ("auto", "bf16", "fp32"):
+            raise InvalidArgumentError(f"LoRA(compute_dtype={compute_dtype!r}): must be 'auto', 'bf16' or 'fp32'.")
+        self.compute_dtype = compute_dtype
         self.rank, self.alpha, self.dropout = rank, alpha, dropout
         self.patterns = patterns
         self.head = head
@@ -191,6 +201,7 @@ class LoRA(Callback):
         spec = LoraSpec(
             targets=find_lora_targets(model, self.patterns), rank=self.rank, alpha=self.alpha,
             dropout=self.dropout, head=head, quantize_base=self.quantize_base,
+            compute_dtype=self._compute_dtype(model),
         )
         fingerprint = base_fingerprint(model, spec)
         apply_lora(model, spec)
@@ -199,12 +210,17 @@ class LoRA(Callback):
         self._adapted = None
         self._trainable = trainable_parameter_names(model, prefix=f"{self.model_attr}.")
         self.trainable_parameters, self.total_parameters = parameter_counts(model)
-        kind = "QLoRA (NF4 base)" if self.quantize_base else "LoRA"
+        kind = f"QLoRA (NF4 base, {spec.compute_dtype} compute)" if self.quantize_base else "LoRA"
         rank_zero_info(
             f"{kind}: adapters of rank {self.rank} on {len(spec.targets)} Linear layers, head {head or 'none'}; "
             f"{self.trainable_parameters:,} of {self.total_parameters:,} parameters trainable "
             f"({100 * self.trainable_parameters / max(self.total_parameters, 1):.2f}%)."
         )
+
+    def _compute_dtype(self, model: nn.Module) -> str:
+        if self.compute_dtype != "auto":
+            return {"bf16": "bfloat16", "fp32": "float32"}[self.compute_dtype]
+        return qlora_compute_dtype(next(model.parameters()).device)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -317,7 +333,10 @@ class LoRA(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("spec")
-        if saved and self.spec is not None and LoraSpec.from_dict(saved) != self.spec:
+        # The compute dtype may differ (a run resumed on a machine with other bf16 hardware): the load casts.
+        if saved and self.spec is not None and (
+            replace(LoraSpec.from_dict(saved), compute_dtype=self.spec.compute_dtype) != self.spec
+        ):
             raise InvalidArgumentError(
                 f"LoRA: the checkpoint's adapters ({_describe(saved)}) differ from this run's "
                 f"({_describe(self.spec.to_dict())}); resume with the same rank, alpha, patterns, head and "

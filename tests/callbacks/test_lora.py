@@ -106,6 +106,23 @@ def test_qlora_trains_a_users_module_on_cpu(tmp_path):
     assert (tmp_path / "export-lora-merged" / "config.json").is_file() and lora.merged_path is not None
 
 
+def test_qlora_compute_dtype_auto_follows_the_machine_and_resumes_elsewhere(tmp_path, monkeypatch):
+    import lit_llm.callbacks.lora as lora_module
+
+    monkeypatch.setattr(lora_module, "qlora_compute_dtype", lambda device: "float32")  # a CPU without bf16 hardware
+    first = LoRA(rank=4, alpha=8, quantize_base="nf4", export_artifact=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, [first, ckpt], max_steps=2, enable_checkpointing=True).fit(UserClassifier(), loader())
+    assert first.spec is not None and first.spec.compute_dtype == "float32"
+    # Resumed where bf16 is the machine's choice: the adapters load (cast); only the dtype differs.
+    second = LoRA(rank=4, alpha=8, quantize_base="nf4", compute_dtype="bf16", export_artifact=False)
+    trainer(tmp_path / "b", [second], max_steps=3).fit(UserClassifier(), loader(),
+                                                      ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert second.spec is not None and second.spec.compute_dtype == "bfloat16"
+    with pytest.raises(InvalidArgumentError, match=r"LoRA\(compute_dtype='fp16'\): must be 'auto', 'bf16' or 'fp32'"):
+        LoRA(compute_dtype="fp16")  # type: ignore[arg-type]
+
+
 def test_qlora_under_fsdp2_is_refused_before_training():
     fake = types.SimpleNamespace(strategy=TransformerFSDP2())
     with pytest.raises(InvalidArgumentError, match=r"LoRA\(quantize_base='nf4'\) cannot run under FSDP2.*use the ddp "

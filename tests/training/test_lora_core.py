@@ -22,6 +22,7 @@ from lit_llm.training.lora import (
     lora_state_of,
     merge_lora,
     parameter_counts,
+    qlora_compute_dtype,
     require_peft,
     save_adapters,
     trainable_parameter_names,
@@ -170,6 +171,41 @@ def test_qlora_on_cpu_quantizes_the_base_to_nf4_and_trains_bf16_adapters():
     assert type(merged.bert.encoder.layer[0].attention.self.query) is torch.nn.Linear
     # The merged float model computes with the dequantized NF4 weights in float32, the adapted one in bf16.
     torch.testing.assert_close(merged(input_ids=IDS).logits, expected, rtol=0, atol=2e-2)
+
+
+def test_qlora_computes_in_fp32_when_asked():
+    import bitsandbytes as bnb
+
+    model = _bert()
+    apply_lora(model, _spec(model, rank=4, alpha=8.0, quantize_base="nf4", compute_dtype="float32"))
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert isinstance(query.base_layer, bnb.nn.Linear4bit) and query.base_layer.weight.dtype == torch.uint8
+    assert query.base_layer.compute_dtype == torch.float32
+    assert query.lora_A["default"].weight.dtype == torch.float32
+    model.train()
+    model(input_ids=IDS, labels=torch.tensor([0, 1])).loss.backward()
+    assert query.lora_B["default"].weight.grad is not None
+    with pytest.raises(InvalidArgumentError, match=r"compute_dtype='float16' must be one of \['bfloat16', 'float32'\]"):
+        LoraSpec(targets=[], compute_dtype="float16")
+
+
+def test_qlora_compute_dtype_follows_the_cpus_bf16_hardware(monkeypatch):
+    from lit_llm.planning import cpu
+
+    def cpu_with(flags: str):
+        return lambda: cpu.parse_cpuinfo(f"processor : 0\nmodel name : test\nflags : fpu {flags}\n")
+
+    monkeypatch.setattr(cpu, "read_cpuinfo", cpu_with("avx2"))
+    assert qlora_compute_dtype("cpu") == "float32"  # bf16 matmuls would run on torch's slow fallback kernel
+    monkeypatch.setattr(cpu, "read_cpuinfo", cpu_with("avx2 avx512f amx_bf16"))
+    assert qlora_compute_dtype("cpu") == "bfloat16"
+    monkeypatch.setattr(cpu, "read_cpuinfo", cpu_with("avx2 avx512f avx512_bf16"))
+    assert qlora_compute_dtype("cpu") == "bfloat16"
+    assert qlora_compute_dtype("cuda") == "bfloat16"
+    # A spec from a checkpoint written before compute_dtype existed computes in bf16, as those runs did.
+    old = {"targets": ["a"], "rank": 4, "alpha": 8.0, "dropout": 0.0, "head": [], "quantize_base": "nf4"}
+    assert LoraSpec.from_dict(old).compute_dtype == "bfloat16"
+    assert LoraSpec.from_dict({**old, "compute_dtype": "float32"}).compute_dtype == "float32"
 
 
 def test_qlora_where_bitsandbytes_cannot_run_says_what_can(monkeypatch):

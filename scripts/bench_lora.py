@@ -113,8 +113,10 @@ def markdown(results: dict[str, dict[str, Any]], mode: str, command: str) -> str
     lines = [
         "# Full fine-tuning vs LoRA vs QLoRA on the main job (all-MiniLM-L6-v2, Rotten Tomatoes by movie)",
         "",
-        f"Command: `{command}` (mode: {mode}). Each variant is its committed config run by `lit-llm fit "
-        "--test_after_fit true` in its own process; see the script's docstring for what is measured how.",
+        f"Command: `{command}` (mode: {mode}; a run with `--variants` keeps the other variants' earlier results, "
+        "each with the command that measured it, in the JSON file). Each variant is its committed config run by "
+        "`lit-llm fit --test_after_fit true` in its own process; see the script's docstring for what is measured "
+        "how.",
         "",
         "| variant | test accuracy | trainable parameters | peak RSS (MiB) | median step (s) | wall (s) |",
         "|---|---|---|---|---|---|",
@@ -143,6 +145,11 @@ def main() -> None:
         for name in args.variants:
             results[name] = run_variant(name, VARIANTS[name], Path(tmp), args.smoke)
             print(f"{name}: {json.dumps(results[name])}", flush=True)
+    for result in results.values():
+        result["command"] = command + " --variants " + " ".join(f"'{v}'" for v in args.variants)
+    if not args.smoke and (out_dir / "lora.json").is_file():  # keep the variants this run did not measure
+        earlier = json.loads((out_dir / "lora.json").read_text()).get("results", {})
+        results = {name: results.get(name) or earlier[name] for name in VARIANTS if name in results or name in earlier}
     payload = {"mode": mode, "command": command, "torch": torch.__version__, "results": results}
     (out_dir / "lora.json").write_text(json.dumps(payload, indent=1))
     (out_dir / "lora.md").write_text(markdown(results, mode, command))

@@ -221,9 +221,40 @@ def test_pruning_stops_a_trial_below_the_median_and_the_study_records_it():
     study.optimize(objective, n_trials=2)
     first, second = study.trials
     assert first.state == TrialState.COMPLETE and first.value == pytest.approx(0.9) and steps[0] == 8
-    assert sorted(first.intermediate_values) == [2, 4, 6, 8]  # one point per validation, at its optimizer step
+    assert sorted(first.intermediate_values) == [1, 2, 3, 4]  # one point per validation, numbered
     assert second.state == TrialState.PRUNED and steps[1] == 2  # stopped at its first validation
-    assert second.intermediate_values == {2: pytest.approx(0.1)}
+    assert second.intermediate_values == {1: pytest.approx(0.1)}
+
+
+def test_trials_with_other_batch_sizes_are_compared_at_the_same_fraction_of_an_epoch():
+    """Validation at half an epoch: batch 1 validates at steps 4 and 8, batch 2 at 2 and 4; both report 1 and 2,
+    so the pruner compares a batch-2 trial's half epoch with the batch-1 trial's half epoch, not its whole one."""
+
+    class Batched(_FixedScore):
+        def __init__(self, score: float, batch_size: int) -> None:
+            super().__init__(score)
+            self.batch_size = batch_size
+
+        def train_dataloader(self):
+            data = torch.utils.data.TensorDataset(torch.zeros(8, 2))
+            return torch.utils.data.DataLoader(data, batch_size=self.batch_size)
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    for batch_size, score in ((1, 0.9), (2, 0.5)):
+        trial = study.ask()
+        callback = tune.OptunaPruning(trial, monitor="val/acc", mode="max")
+        pl.Trainer(accelerator="cpu", max_epochs=1, val_check_interval=0.5, num_sanity_val_steps=0, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   callbacks=[callback]).fit(Batched(score, batch_size))
+        if callback.pruned_at is None:
+            study.tell(trial, callback.objective_value())
+        else:
+            study.tell(trial, state=TrialState.PRUNED)
+    first, second = study.trials
+    assert sorted(first.intermediate_values) == [1, 2]
+    # Pruned at its first validation, against the first trial's first; keyed by optimizer step (2 vs 4) the
+    # first check would have had nothing to compare with and the second compared half an epoch with a whole one.
+    assert second.state == TrialState.PRUNED and sorted(second.intermediate_values) == [1]
 
 
 def test_pruning_callback_names_a_metric_that_was_not_logged():
@@ -275,7 +306,7 @@ def test_tune_runs_trials_resumes_after_a_kill_and_writes_a_runnable_best_config
         ran = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert ran["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(t.params[LR])
         assert ran["data"]["init_args"]["batch_size"] == t.params[BATCH]
-        assert t.value == max(t.intermediate_values.values()) and sorted(t.intermediate_values) == [2, 4]
+        assert t.value == max(t.intermediate_values.values()) and sorted(t.intermediate_values) == [1, 2]
         from wandb.proto import wandb_internal_pb2 as pb
 
         records = [pb.Record.FromString(raw) for raw in _frames(find_run_file(run_dir / "wandb").read_bytes())]

@@ -29,7 +29,7 @@ config's file name.
   and ``--study_name``; each stops when the study has N finished trials, so the study may end with up to one
   extra trial per additional worker.
 - A trial stops early (pruned) when its validation curve, reported at every validation, falls below the median
-  of earlier trials at the same optimizer step (:class:`OptunaPruning`).
+  of earlier trials at the same validation (the n-th of each run: :class:`OptunaPruning`).
 - With a ``WandbLogger`` in the config, each trial's W&B run is named ``<study>-trial-<n>`` in the group
   ``<study>``.
 - At the end it prints the best trial, writes ``runs/<study>/best.yaml`` (the config with the best values set,
@@ -259,12 +259,18 @@ def apply_values(config: dict[str, Any], full: Mapping[str, Any], values: Mappin
 class OptunaPruning(Callback):
     """Reports ``monitor`` to an Optuna trial at every validation and stops the run when the trial should be pruned.
 
-    The value is reported at ``trainer.global_step``, so runs with several validations per epoch give a curve
-    the pruner compares step by step. The callback ends a pruned run through ``trainer.should_stop`` rather than by
-    raising ``optuna.TrialPruned`` inside the training loop, as optuna-integration's
-    ``PyTorchLightningPruningCallback`` does: the run then finishes as any stopped run (checkpoints, loggers
-    closed, the CLI's summary), and the objective raises ``TrialPruned`` once ``fit`` returns (see
-    :meth:`objective_value`). That, and not adding a package for forty lines, is why it is written here.
+    The value is reported at the validation's number in the run (1, 2, ...; the sanity check and a second
+    validation at the same optimizer step do not count), and the pruner compares trials at equal numbers. With
+    validation per epoch or at a fraction of one (``val_check_interval: 0.5``) that is the same point of training
+    in every trial whatever its batch size; at ``trainer.global_step`` (what we did first) a batch-16 trial's
+    half epoch was compared with a batch-32 trial's whole one. With ``val_check_interval`` in steps, a search over
+    the batch size compares different amounts of data.
+
+    The callback ends a pruned run through ``trainer.should_stop`` rather than by raising ``optuna.TrialPruned``
+    inside the training loop, as optuna-integration's ``PyTorchLightningPruningCallback`` does: the run then
+    finishes as any stopped run (checkpoints, loggers closed, the CLI's summary), and the objective raises
+    ``TrialPruned`` once ``fit`` returns (see :meth:`objective_value`). That, and not adding a package for forty
+    lines, is why it is written here.
 
     Works on any LightningModule that logs ``monitor`` during validation; one process per trial.
 
@@ -290,7 +296,8 @@ class OptunaPruning(Callback):
         self.trial = trial
         self.monitor = monitor
         self.mode = mode
-        self.reported: dict[int, float] = {}  # optimizer step -> value
+        self.reported: dict[int, float] = {}  # validation number -> value
+        self._validated_steps: set[int] = set()
         self.pruned_at: int | None = None
 
     @override
@@ -313,9 +320,10 @@ class OptunaPruning(Callback):
                 + (f"; did you mean {close[0]!r}?" if close else "")
                 + f" (logged: {', '.join(sorted(metrics)) or 'nothing'})"
             )
-        step = trainer.global_step
-        if step in self.reported:  # a second validation at the same step (end of epoch) adds no point
+        if trainer.global_step in self._validated_steps:  # a second validation at the same step adds no point
             return
+        self._validated_steps.add(trainer.global_step)
+        step = len(self._validated_steps)
         value = float(metrics[self.monitor])
         self.reported[step] = value
         self.trial.report(value, step=step)
@@ -331,8 +339,8 @@ class OptunaPruning(Callback):
         """
         if self.pruned_at is not None:
             raise optuna.TrialPruned(
-                f"{self.monitor}={self.reported[self.pruned_at]:.4g} at step {self.pruned_at} is below the median "
-                "of earlier trials"
+                f"{self.monitor}={self.reported[self.pruned_at]:.4g} at validation {self.pruned_at} is below the "
+                "median of earlier trials"
             )
         if not self.reported:
             raise InvalidArgumentError(

@@ -127,6 +127,9 @@ def markdown(results: dict[str, dict[str, Any]], mode: str, command: str) -> str
             f"| {name} | {r['test_accuracy']:.4f} | {r['trainable_parameters']:,} ({share:.2f}%) | "
             f"{r['peak_rss_mib']:.0f} | {r['median_step_seconds']:.3f} | {r['wall_seconds']:.0f} |"
         )
+    for name in VARIANTS:
+        if name not in results:
+            lines.append(f"| {name} | not measured (see the JSON file's `not_measured`) | | | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,6 @@ from lit_llm.compression.compressed_models import (
 from lit_llm.errors import InvalidArgumentError
 from lit_llm.hf import export_pretrained
 from lit_llm.training.lora import (
-    qlora_compute_dtype,
     LORA_STATE_FORMAT,
     LoraSpec,
     require_peft,
@@ -35,6 +34,7 @@ from lit_llm.training.lora import (
     find_lora_targets,
     merge_lora,
     parameter_counts,
+    qlora_compute_dtype,
     save_adapters,
     trainable_parameter_names,
 )
@@ -218,6 +218,8 @@ class LoRA(Callback):
         )
 
     def _compute_dtype(self, model: nn.Module) -> str:
+        if not self.quantize_base:  # plain LoRA keeps the model's dtypes: nothing to decide (or to read)
+            return LoraSpec.compute_dtype
         if self.compute_dtype != "auto":
             return {"bf16": "bfloat16", "fp32": "float32"}[self.compute_dtype]
         return qlora_compute_dtype(next(model.parameters()).device)

@@ -297,7 +297,7 @@ class OptunaPruning(Callback):
         self.monitor = monitor
         self.mode = mode
         self.reported: dict[int, float] = {}  # validation number -> value
-        self._validated_steps: set[int] = set()
+        self._last_step: int | None = None  # the optimizer step of the last reported validation
         self.pruned_at: int | None = None
 
     @override
@@ -320,10 +320,10 @@ class OptunaPruning(Callback):
                 + (f"; did you mean {close[0]!r}?" if close else "")
                 + f" (logged: {', '.join(sorted(metrics)) or 'nothing'})"
             )
-        if trainer.global_step in self._validated_steps:  # a second validation at the same step adds no point
+        if trainer.global_step == self._last_step:  # a second validation at the same step adds no point
             return
-        self._validated_steps.add(trainer.global_step)
-        step = len(self._validated_steps)
+        self._last_step = trainer.global_step
+        step = len(self.reported) + 1
         value = float(metrics[self.monitor])
         self.reported[step] = value
         self.trial.report(value, step=step)

@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -124,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--heldout-blocks", type=int, default=400, help="128-token held-out blocks scored")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--pretrain-args", default="", metavar="ARGS",
+                        help="extra `lit-llm fit` arguments for both pre-training runs, one shell-quoted string "
+                             "(e.g. \"--model.init_args.optimizer.init_args.lr 1e-3\"); recorded with each run")
+    parser.add_argument("--finetune-args", default="", metavar="ARGS",
+                        help="extra `lit-llm fit` arguments for every fine-tuning run, as --pretrain-args")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_chinese"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks"))
     args = parser.parse_args(argv)
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:
             overrides += ["--model.init_args.model", TINY_MODEL, "--data.init_args.vocab_size", "3000",
                           "--data.init_args.batch_size", "8"]
-        cli, wall, used = run_cli(overrides)
+        cli, wall, used = run_cli(overrides + shlex.split(args.pretrain_args))
         exports[masking] = cli.run_dir / "export"
         result["runs"][f"pretrain_{masking}"] = {
             "args": " ".join(used), "wall_s": round(wall, 1),
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--model.init_args.model", str(exports[start]), "--data.init_args.tokenizer",
                          str(exports[start]), "--data.init_args.train_file", str(train),
                          "--data.init_args.validation_file", str(val), "--data.init_args.test_file", str(tests[task])]
-            cli, wall, used = run_cli(overrides)
+            cli, wall, used = run_cli(overrides + shlex.split(args.finetune_args))
             if task == "sentiment":
                 report = json.loads((cli.run_dir / "reports" / "classification_report.json").read_text())
                 scores = {"accuracy": report["accuracy"], "f1_macro": report["macro avg"]["f1-score"]}

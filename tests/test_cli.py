@@ -163,6 +163,26 @@ def test_early_stopping_on_a_plateau(tmp_path, tiny_bert_dir, sentiment_csvs, mo
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # checkpoints written atomically
 
 
+def test_a_later_run_in_the_same_process_counts_only_its_own_start_up(tmp_path, tiny_bert_dir, sentiment_csvs,
+                                                                       monkeypatch):
+    # `lit-llm tune` runs its trials in one process: trial 2's start-up must not include trial 1.
+    import time
+
+    from lit_llm.callbacks.stage_times import process_start_time
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(LitLLMCLI, "_ran_in_process", False)  # as in a fresh process
+    config = _config(tmp_path, tiny_bert_dir, sentiment_csvs, max_epochs=1)
+    started = process_start_time()
+    assert started is not None
+    first_begin = time.time()
+    first = LitLLMCLI(args=["fit", "--config", str(config), "--run_name", "first"])
+    assert first.stage_times.seconds["startup"] >= first_begin - started  # the first run's imports count
+    second_begin = time.time()
+    second = LitLLMCLI(args=["fit", "--config", str(config), "--run_name", "second"])
+    assert 0 <= second.stage_times.seconds["startup"] <= time.time() - second_begin
+
+
 def test_predict_writes_jsonl(tmp_path, tiny_bert_dir, sentiment_csvs, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = _config(tmp_path, tiny_bert_dir, sentiment_csvs)

@@ -48,8 +48,8 @@ class StageTimes(Callback):
     Lightning's own :class:`~lightning.pytorch.callbacks.Timer` gives one time per trainer stage; this callback
     splits what lies outside the training loop, so a user sees where time goes besides the steps:
 
-    - ``startup``: process start to :meth:`mark_start` (imports, config, building the model), when it was called
-      (``lit-llm`` calls it just before ``trainer.fit``);
+    - ``startup``: process start (or the ``since`` given) to :meth:`mark_start` (imports, config, building the
+      model), when it was called (``lit-llm`` calls it just before ``trainer.fit``);
     - ``data``: :meth:`mark_start` (else process start) to the trainer's setup: ``prepare_data`` and the
       datamodule's ``setup`` (reading and tokenizing the data);
     - ``model_setup``: the module's ``setup``, the optimizer and the sanity check, up to the first training batch;
@@ -75,10 +75,14 @@ class StageTimes(Callback):
         self._since: float | None = None  # where the next test / predict stage starts counting
         self._marks: dict[str, float] = {}
 
-    def mark_start(self) -> None:
-        """Call just before ``trainer.fit`` / ``test``: what came before counts as start-up, what follows as data."""
+    def mark_start(self, since: float | None = None) -> None:
+        """Call just before ``trainer.fit`` / ``test``: what came before counts as start-up, what follows as data.
+
+        Start-up counts from ``since`` (``time.time()`` scale) when given, else from process start: a run that is
+        not the process's first (a ``lit-llm tune`` trial, a benchmark's second fit) passes its own beginning.
+        """
         self._start = self._since = time.time()
-        started = process_start_time()
+        started = process_start_time() if since is None else since
         if started is not None:
             self.seconds["startup"] = max(0.0, self._start - started)
 

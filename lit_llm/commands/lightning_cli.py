@@ -7,6 +7,7 @@ runs for each trial. Each step is a function of :mod:`lit_llm.commands` (``run_d
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,13 @@ class LitLLMCLI(LightningCLI):
     # kept as a method: tests/test_resume.py calls LitLLMCLI._keep_earlier_outputs
     _keep_earlier_outputs = staticmethod(keep_earlier_outputs)
 
+    _ran_in_process = False  # whether an earlier LitLLMCLI ran in this process (tune trials, benchmarks)
+
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        # The first run's start-up counts from process start (imports included); a later run in the same process
+        # counts from here, or it would include the earlier runs.
+        self._began = time.time() if LitLLMCLI._ran_in_process else None
+        LitLLMCLI._ran_in_process = True
         configure_wandb_mode()
         super().__init__(
             LightningModule,
@@ -104,16 +111,16 @@ class LitLLMCLI(LightningCLI):
 
     # ---------------------------------------------------------------- around each subcommand
     def before_fit(self) -> None:
-        self.stage_times.mark_start()
+        self.stage_times.mark_start(since=self._began)
 
     def before_validate(self) -> None:
-        self.stage_times.mark_start()
+        self.stage_times.mark_start(since=self._began)
 
     def before_test(self) -> None:
-        self.stage_times.mark_start()
+        self.stage_times.mark_start(since=self._began)
 
     def before_predict(self) -> None:
-        self.stage_times.mark_start()
+        self.stage_times.mark_start(since=self._began)
 
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit"):

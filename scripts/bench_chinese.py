@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/bench_chinese"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks"))
     args = parser.parse_args(argv)
-    command = "python scripts/bench_chinese.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python scripts/bench_chinese.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     sys.argv = sys.argv[:1]  # LightningCLI(args=...) warns when the process has command-line arguments too
     os.chdir(REPO)
     for need in ("pretrain/train.txt", "pretrain/heldout.txt", "sentiment/train.jsonl", "ner/train.conll"):

@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         cli, wall, used = run_cli(overrides + shlex.split(args.pretrain_args))
         exports[masking] = cli.run_dir / "export"
         result["runs"][f"pretrain_{masking}"] = {
-            "args": " ".join(used), "wall_s": round(wall, 1),
+            "args": shlex.join(used), "wall_s": round(wall, 1),
             "val_loss": float(cli.trainer.callback_metrics.get("val/loss", float("nan"))),
             "val_accuracy": float(cli.trainer.callback_metrics.get("val/accuracy", float("nan")))}
         print(f"pre-training {masking}: {wall:.0f} s", flush=True)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 scores = {"entity_f1_strict": report["micro"]["f1"],
                           "per_type_f1": {k: v["f1"] for k, v in report["per_type"].items()}}
             result["finetune"][f"{task}/{start}"] = scores
-            result["runs"][f"{task}_{start}"] = {"args": " ".join(used), "wall_s": round(wall, 1)}
+            result["runs"][f"{task}_{start}"] = {"args": shlex.join(used), "wall_s": round(wall, 1)}
             print(f"{task} from {start}: {scores} ({wall:.0f} s)", flush=True)
 
     result["total_wall_s"] = round(time.perf_counter() - started, 1)

@@ -85,3 +85,13 @@ def test_process_start_time_without_psutil_reads_proc(monkeypatch):
     without = process_start_time()
     assert with_psutil is not None and without is not None
     assert abs(with_psutil - without) < 1.0
+
+
+def test_mark_start_since_counts_start_up_from_the_given_moment():
+    # A run that is not its process's first (a tune trial) passes its own beginning instead of process start.
+    times = StageTimes()
+    times.mark_start(since=time.time() - 5.0)
+    assert 5.0 <= times.seconds["startup"] < 6.0
+    times.mark_start()
+    started = process_start_time()
+    assert started is not None and times.seconds["startup"] >= time.time() - started - 1.0

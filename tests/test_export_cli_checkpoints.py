@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from transformers import AutoTokenizer
 
 from export_helpers import UserClassifier, fresh_process_logits, in_memory_logits
 from lit_llm.cli import main
@@ -152,3 +154,76 @@ def test_hyper_parameters_or_weights_that_do_not_fit_the_class(tmp_path, tiny_be
     with pytest.raises(CheckpointError, match=r"ckpt: lit_llm.modules.sequence_classification.SequenceClassifier "
                                               r"cannot be built from the checkpoint's hyper-parameters \("):
         rebuild_module({"state_dict": {}, "hyper_parameters": hparams}, source="ckpt")
+
+
+_LM_CASES = {
+    "masked": ("lit_llm.modules.MaskedLanguageModel", "AutoModelForMaskedLM", "wordpiece",
+               {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "intermediate_size": 37, "max_position_embeddings": 64}),
+    "causal": ("lit_llm.modules.CausalLanguageModel", "AutoModelForCausalLM", "bpe",
+               {"model_type": "gpt2", "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 64}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(_LM_CASES))
+def test_a_pre_training_run_with_a_trained_tokenizer_exports_its_checkpoints(tmp_path, kind):
+    """A language model built from a config dict is sized to the tokenizer the datamodule trains; the checkpoints
+    carry that tokenizer, so `lit-llm export` and `load_from_checkpoint` rebuild the model from the file alone."""
+    import importlib
+
+    from lit_llm.modules.language_model import TOKENIZER_STATE_KEY
+
+    class_path, auto_class, tokenizer_kind, model = _LM_CASES[kind]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"the film {i} was good and the story of ann in rome was long .\n" for i in range(40)))
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(yaml.safe_dump({
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 3, "val_check_interval": 1,
+                    "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"monitor": "val/loss", "save_top_k": 1, "save_last": True}}]},
+        "model": {"class_path": class_path, "init_args": {"model": model}},
+        "data": {"class_path": "lit_llm.datamodules.TextCorpusDataModule",
+                 "init_args": {"data_files": str(corpus), "train_tokenizer": tokenizer_kind, "vocab_size": 120,
+                               "block_size": 16, "batch_size": 4, "val_fraction": 0.2}},
+    }))
+    code, out, _ = _fit_in_process(tmp_path, config, "lm")
+    assert code == 0, out
+    run = tmp_path / "runs" / "lm" / "version_0"
+    (best,) = [p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    module_class = getattr(importlib.import_module("lit_llm.modules"), class_path.rsplit(".", 1)[1])
+    for path in (best, run / "checkpoints" / "last.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)  # plain data, tokenizer files included
+        assert set(checkpoint[TOKENIZER_STATE_KEY]) >= {"tokenizer.json", "tokenizer_config.json"}
+        code, err = _export(path, tmp_path / f"export_{path.stem}")
+        assert code == 0, err
+        # The reference is Lightning's own load_from_checkpoint, which the stored tokenizer makes work too.
+        reference = module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        assert reference.tokenizer.get_vocab() == AutoTokenizer.from_pretrained(run / "tokenizer").get_vocab()
+        ids = reference.tokenizer(["the film was good ."], return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            expected = reference.model.eval()(input_ids=ids).logits
+        script = (f"import json, sys, torch\nfrom transformers import {auto_class}, AutoTokenizer\n"
+                  f"m = {auto_class}.from_pretrained(sys.argv[1]).eval()\n"
+                  "ids = AutoTokenizer.from_pretrained(sys.argv[1])(['the film was good .'], return_tensors='pt')"
+                  "['input_ids']\nwith torch.no_grad():\n"
+                  "    print('RESULT' + json.dumps(m(input_ids=ids).logits.tolist()))\n")
+        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"export_{path.stem}")], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        loaded = torch.tensor(json.loads(proc.stdout.split("RESULT", 1)[1]))
+        torch.testing.assert_close(loaded, expected, atol=1e-4, rtol=1e-4)
+
+    # Damaged tokenizer files (a name that would leave the temporary directory) are refused with the file named.
+    checkpoint = torch.load(best, weights_only=True)
+    checkpoint[TOKENIZER_STATE_KEY] = {"../escape.json": "{}"}
+    torch.save(checkpoint, tmp_path / "damaged.ckpt")
+    code, err = _export(tmp_path / "damaged.ckpt", tmp_path / "export_damaged")
+    assert code == 2 and not (tmp_path / "export_damaged").exists()
+    assert f"damaged.ckpt: {class_path.rsplit('.', 1)[1]}: checkpoint['{TOKENIZER_STATE_KEY}'] is not the " \
+           "tokenizer files lit-llm stores" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "escape.json").exists()

@@ -9,7 +9,9 @@ are then saved with ``save_pretrained``, label maps included, so ``from_pretrain
 
 A checkpoint written with the :class:`~lit_llm.callbacks.LoRA` callback holds only the adapters (and head): the
 base model is rebuilt from the hyper-parameters, checked against the base fingerprint in the callback's state,
-adapted as the callback did, given the adapters, and exported merged (a plain HF model).
+adapted as the callback did, given the adapters, and exported merged (a plain HF model). A language model
+pre-trained from a config dict is sized to the tokenizer its datamodule trained: its checkpoints carry that
+tokenizer's files (text), from which the model is rebuilt and which the export saves.
 """
 
 from __future__ import annotations
@@ -146,7 +148,10 @@ def rebuild_module(
 
     if is_overridden("configure_model", module):
         module.configure_model()
-    module.on_load_checkpoint(dict(checkpoint))
+    try:
+        module.on_load_checkpoint(dict(checkpoint))
+    except (ValueError, OSError) as err:  # e.g. the tokenizer a language model keeps in its checkpoints
+        raise CheckpointError(f"{source}: {str(err).strip().splitlines()[0][:300]}") from None
     lora = lora_state_of(dict(checkpoint))
     trainable = _apply_checkpoint_lora(module, lora, source) if lora is not None else None
     try:

@@ -23,6 +23,8 @@ from lit_llm.modules.language_model import (
     exact_step_loss,
     finish_eval_epoch,
     log_train_step,
+    restore_datamodule_tokenizer,
+    store_datamodule_tokenizer,
     normalize_step,
 )
 from lit_llm.text.masking import IGNORE_INDEX
@@ -131,6 +133,14 @@ class CausalLanguageModel(pl.LightningModule):
         assert self.model is not None
         check_block_size(self.model, self.model_spec, data.block_size)
         check_export_target(self, stage, self.export_dir, self.export)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        store_datamodule_tokenizer(self, checkpoint)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_datamodule_tokenizer(self, checkpoint)
 
     @override
     def configure_optimizers(self) -> Any:

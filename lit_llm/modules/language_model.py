@@ -5,6 +5,8 @@ evaluation metrics and the test report."""
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import Metric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_llm.hf import ModelSpec
+from lit_llm.hf import ModelSpec, load_tokenizer
 from lit_llm.modules.building import build_model, report_path
 from lit_llm.training.token_loss import StepTokenNormalizer
 
 __all__ = [
+    "TOKENIZER_STATE_KEY",
     "TokenStats",
     "build_language_model",
     "check_block_size",
@@ -27,8 +30,17 @@ __all__ = [
     "log_train_step",
     "max_positions",
     "normalize_step",
+    "restore_datamodule_tokenizer",
     "save_lm_report",
+    "store_datamodule_tokenizer",
+    "tokenizer_files",
+    "tokenizer_from_files",
 ]
+
+# Where a language model whose tokenizer came from the datamodule (e.g. one it trained on the corpus) keeps that
+# tokenizer in its checkpoints: without it, `lit-llm export` and `load_from_checkpoint` could not size the model.
+TOKENIZER_STATE_KEY = "lit_llm_tokenizer"
+_SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def max_positions(config: Any) -> int | None:
@@ -59,6 +71,55 @@ def build_language_model(
         # From scratch: the embedding table follows the tokenizer (e.g. one trained on the corpus).
         overrides = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
     return build_model(auto_class, spec, gradient_checkpointing=gradient_checkpointing, compile=compile, **overrides)
+
+
+def tokenizer_files(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    """The files ``save_pretrained`` writes for ``tokenizer``, as text (plain data: a checkpoint holding them still
+    loads with ``weights_only=True``). Empty when a file is not text (e.g. a SentencePiece model)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        try:
+            return {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+        except UnicodeDecodeError:
+            return {}
+
+
+def tokenizer_from_files(files: Any, source: str) -> PreTrainedTokenizerBase:
+    """The tokenizer :func:`tokenizer_files` stored, loaded as any tokenizer directory is (remote code refused).
+
+    Raises:
+        ValueError: ``files`` is not a mapping of plain file names to text.
+    """
+    if not isinstance(files, dict) or not files or not all(
+        isinstance(name, str) and _SAFE_FILE_NAME.fullmatch(name) and isinstance(text, str)
+        for name, text in files.items()
+    ):
+        raise ValueError(
+            f"{source}: checkpoint[{TOKENIZER_STATE_KEY!r}] is not the tokenizer files lit-llm stores (plain file "
+            "names mapped to text); the checkpoint is damaged or was not written by lit-llm."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        return load_tokenizer(tmp)  # loads every file into memory: the directory may go
+
+
+def store_datamodule_tokenizer(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Put the tokenizer a language module's model was sized to into ``checkpoint`` when it came from the
+    datamodule (no ``tokenizer`` argument names it), so the checkpoint alone rebuilds the module."""
+    if module.tokenizer_name is not None or module.tokenizer is None:
+        return
+    if getattr(module, "_tokenizer_files", None) is None:  # the tokenizer does not change during a run
+        module._tokenizer_files = tokenizer_files(module.tokenizer)
+    if module._tokenizer_files:
+        checkpoint[TOKENIZER_STATE_KEY] = module._tokenizer_files
+
+
+def restore_datamodule_tokenizer(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Build a language module's model from the tokenizer :func:`store_datamodule_tokenizer` kept, when no
+    datamodule built it first (``lit-llm export``, ``load_from_checkpoint``); a resumed fit has built it already."""
+    if module.model is None and TOKENIZER_STATE_KEY in checkpoint:
+        module._build(tokenizer_from_files(checkpoint[TOKENIZER_STATE_KEY], type(module).__name__))
 
 
 def check_block_size(model: torch.nn.Module, spec: ModelSpec, block_size: int | None) -> None:

@@ -25,6 +25,8 @@ from lit_llm.modules.language_model import (
     exact_step_loss,
     finish_eval_epoch,
     log_train_step,
+    restore_datamodule_tokenizer,
+    store_datamodule_tokenizer,
     normalize_step,
 )
 from lit_llm.text.masking import mask_tokens
@@ -204,11 +206,13 @@ class MaskedLanguageModel(pl.LightningModule):
         # With masking_seed, a resumed run continues the same sequence of masks.
         if "train" in self._generators:
             checkpoint["masking_generator_state"] = self._generators["train"].get_state()
+        store_datamodule_tokenizer(self, checkpoint)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Applied when the first batch shows the device (a generator's state is tied to its device type).
         self._pending_generator_state = checkpoint.get("masking_generator_state")
+        restore_datamodule_tokenizer(self, checkpoint)
 
     def _head_module(self) -> torch.nn.Module | None:
         """The LM head for sparse prediction: the model's only child besides its encoder, else None."""

@@ -2,14 +2,16 @@
 
 1. Pre-trains ``configs/pretrain/bert_zh_wwm.yaml`` twice at the same budget (``--pretrain-steps`` optimizer
    steps, same seed, same tokenizer): whole-word masking on People's Daily's gold words, and character masking
-   (``whole_word_masking: false``). Both keep the config's sentence-order objective.
+   (``whole_word_masking: false``). Both keep the config's other settings (its sentence-order objective too), or
+   those ``--pretrain-args`` sets for both.
 2. Scores both on held-out text (``data/zh/pretrain/heldout.txt``, articles no pre-training run saw): masked-token
    accuracy and perplexity, under character masks and under whole-word masks (the same masks for both models).
 3. Fine-tunes ``configs/finetune/bert_zh_sentiment.yaml`` and ``configs/finetune/bert_zh_ner.yaml`` from the WWM
    export, from the character-masked export, and from a random initialization of the same architecture and
    tokenizer, at the same budget (training subsets of ``--sentiment-train`` reviews / ``--ner-train`` sentences,
    ``--finetune-epochs`` epochs), and tests each on the full test split: accuracy and macro-F1 (sentiment),
-   strict entity micro-F1 (NER).
+   strict entity micro-F1 (NER). With ``--sentiment-lrs`` / ``--ner-lrs`` each start gets the learning rate that
+   is best on validation, and ``--finetune-seeds`` repeats the chosen one over seeds (mean and spread).
 
 Every run goes through ``LitLLMCLI`` (what ``lit-llm fit`` runs) in this process, with the configs and the command
 line overrides recorded in the result. Writes ``benchmarks/chinese.json`` and ``benchmarks/chinese.md``
@@ -32,6 +34,7 @@ import platform
 import random
 import shlex
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,7 +53,7 @@ from lit_llm.text.masking import mask_tokens  # noqa: E402
 DATA = Path("data/zh")
 PRETRAIN = "configs/pretrain/bert_zh_wwm.yaml"
 FINETUNE = {"sentiment": "configs/finetune/bert_zh_sentiment.yaml", "ner": "configs/finetune/bert_zh_ner.yaml"}
-TINY_MODEL = ("{model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+TINY_MODEL = ("{model_type: roformer, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
               "intermediate_size: 37, max_position_embeddings: 512}")
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary",
          "false"]
@@ -116,6 +119,32 @@ def random_init(export: Path, out: Path, seed: int) -> Path:
     return out
 
 
+def finetune_once(task: str, start: str, files: dict[str, Path], lr: float | None, seed: int, runs: str,
+                  args: argparse.Namespace, records: dict[str, Any]) -> dict[str, Any]:
+    """One fine-tuning run tested after fit: its validation and test scores (its arguments go to ``records``)."""
+    tag = f"{task}_{start}" + ("" if lr is None else f"_lr{lr:g}") + f"_seed{seed}"
+    overrides = ["--config", FINETUNE[task], *QUIET, "--run_root", runs, "--run_name", tag, "--test_after_fit", "true",
+                 "--seed_everything", str(seed), "--trainer.max_epochs", str(args.finetune_epochs),
+                 "--model.init_args.model", str(files["model"]), "--data.init_args.tokenizer", str(files["model"]),
+                 "--data.init_args.train_file", str(files["train"]), "--data.init_args.validation_file",
+                 str(files["val"]), "--data.init_args.test_file", str(files["test"])]
+    if lr is not None:
+        overrides += ["--model.init_args.optimizer.init_args.lr", str(lr)]
+    cli, wall, used = run_cli(overrides + shlex.split(args.finetune_args))
+    if task == "sentiment":
+        report = json.loads((cli.run_dir / "reports" / "classification_report.json").read_text())
+        scores = {"accuracy": report["accuracy"], "f1_macro": report["macro avg"]["f1-score"]}
+    else:
+        report = json.loads((cli.run_dir / "reports" / "ner_report.json").read_text())
+        scores = {"entity_f1_strict": report["micro"]["f1"],
+                  "per_type_f1": {k: v["f1"] for k, v in report["per_type"].items()}}
+    best = cli.trainer.checkpoint_callback.best_model_score  # the config's first ModelCheckpoint: its metric
+    trial = {"lr": lr, "seed": seed, "val_best": float("nan") if best is None else float(best), "test": scores}
+    records[tag] = {"args": shlex.join(used), "wall_s": round(wall, 1)}
+    print(f"{tag}: validation {trial['val_best']:.4f}, test {scores} ({wall:.0f} s)", flush=True)
+    return trial
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model and subsets: checks the script, in minutes")
@@ -130,13 +159,20 @@ def main(argv: list[str] | None = None) -> int:
                              "(e.g. \"--model.init_args.optimizer.init_args.lr 1e-3\"); recorded with each run")
     parser.add_argument("--finetune-args", default="", metavar="ARGS",
                         help="extra `lit-llm fit` arguments for every fine-tuning run, as --pretrain-args")
+    parser.add_argument("--sentiment-lrs", default="", metavar="LR,LR",
+                        help="fine-tuning learning rates tried from each start; the best on validation is kept "
+                             "(default: the config's)")
+    parser.add_argument("--ner-lrs", default="", metavar="LR,LR", help="as --sentiment-lrs, for NER")
+    parser.add_argument("--finetune-seeds", type=int, default=1,
+                        help="fine-tuning seeds at the chosen learning rate: the table gives their mean and spread")
     parser.add_argument("--work", type=Path, default=Path("runs/bench_chinese"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks"))
     args = parser.parse_args(argv)
     command = "python scripts/bench_chinese.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     sys.argv = sys.argv[:1]  # LightningCLI(args=...) warns when the process has command-line arguments too
     os.chdir(REPO)
-    for need in ("pretrain/train.txt", "pretrain/heldout.txt", "sentiment/train.jsonl", "ner/train.conll"):
+    for need in ("pretrain/train.txt", "pretrain/reviews.txt", "pretrain/heldout.txt", "sentiment/train.jsonl",
+                 "ner/train.conll"):
         if not (DATA / need).exists():
             sys.exit(f"{DATA / need} is missing: run `python scripts/prepare_chinese.py` first.")
     if args.smoke:
@@ -154,16 +190,17 @@ def main(argv: list[str] | None = None) -> int:
                               "settings": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
 
     # -- 1. pre-training: WWM vs character masking, same budget, same tokenizer ---------------------------------
-    corpus = DATA / "pretrain" / "train.txt"
+    corpus = [DATA / "pretrain" / "train.txt", DATA / "pretrain" / "reviews.txt"]  # the config's data_files
     if args.smoke:
-        corpus = subset_lines(corpus, work / "data" / "pretrain.txt", 300, args.seed)
+        corpus = [subset_lines(path, work / "data" / f"pretrain_{path.name}", 300, args.seed) for path in corpus]
     exports: dict[str, Path] = {}
     for masking, wwm in (("wwm", "true"), ("char", "false")):
         overrides = ["--config", PRETRAIN, *QUIET, "--run_root", runs, "--run_name", f"pretrain_{masking}",
                      "--trainer.max_steps", str(args.pretrain_steps), "--seed_everything", str(args.seed),
                      # validate (and so checkpoint the best) at the last step too: the export is the best checkpoint
                      "--trainer.val_check_interval", str(max(1, args.pretrain_steps // 4)),
-                     "--model.init_args.whole_word_masking", wwm, "--data.init_args.data_files", str(corpus),
+                     "--model.init_args.whole_word_masking", wwm,
+                     "--data.init_args.data_files", "[" + ", ".join(map(str, corpus)) + "]",
                      "--data.init_args.tokenizer_dir", str(work / "tokenizer")]  # trained once, then shared
         if args.smoke:
             overrides += ["--model.init_args.model", TINY_MODEL, "--data.init_args.vocab_size", "3000",
@@ -200,25 +237,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         tests = {"sentiment": senti_val, "ner": ner_val}
     result["finetune"] = {}
+    lrs = {task: [float(x) for x in getattr(args, f"{task}_lrs").split(",") if x.strip()] or [None]
+           for task in ("sentiment", "ner")}
     for task, train, val in (("sentiment", senti_train, senti_val), ("ner", ner_train, ner_val)):
         for start in ("random", "char", "wwm"):
-            overrides = ["--config", FINETUNE[task], *QUIET, "--run_root", runs, "--run_name", f"{task}_{start}",
-                         "--test_after_fit", "true", "--seed_everything", str(args.seed),
-                         "--trainer.max_epochs", str(args.finetune_epochs),
-                         "--model.init_args.model", str(exports[start]), "--data.init_args.tokenizer",
-                         str(exports[start]), "--data.init_args.train_file", str(train),
-                         "--data.init_args.validation_file", str(val), "--data.init_args.test_file", str(tests[task])]
-            cli, wall, used = run_cli(overrides + shlex.split(args.finetune_args))
+            files = {"model": exports[start], "train": train, "val": val, "test": tests[task]}
+            # the learning rate is chosen on validation, per start, at the first seed; the test split is read
+            # only for the reports (the chosen learning rate's runs are the ones in the table)
+            trials = [finetune_once(task, start, files, lr, args.seed, runs, args, result["runs"])
+                      for lr in lrs[task]]
+            chosen = max(trials, key=lambda t: t["val_best"])
+            runs_at_lr = [chosen] + [finetune_once(task, start, files, chosen["lr"], args.seed + k, runs, args,
+                                                   result["runs"]) for k in range(1, args.finetune_seeds)]
+            trials += runs_at_lr[1:]
+            key = "accuracy" if task == "sentiment" else "entity_f1_strict"
+            values = [t["test"][key] for t in runs_at_lr]
+            summary: dict[str, Any] = {"lr": chosen["lr"], "trials": trials,
+                                       "test_runs": [t["test"] for t in runs_at_lr],
+                                       key: statistics.fmean(values),
+                                       f"{key}_std": statistics.stdev(values) if len(values) > 1 else 0.0}
             if task == "sentiment":
-                report = json.loads((cli.run_dir / "reports" / "classification_report.json").read_text())
-                scores = {"accuracy": report["accuracy"], "f1_macro": report["macro avg"]["f1-score"]}
+                summary["f1_macro"] = statistics.fmean(t["test"]["f1_macro"] for t in runs_at_lr)
             else:
-                report = json.loads((cli.run_dir / "reports" / "ner_report.json").read_text())
-                scores = {"entity_f1_strict": report["micro"]["f1"],
-                          "per_type_f1": {k: v["f1"] for k, v in report["per_type"].items()}}
-            result["finetune"][f"{task}/{start}"] = scores
-            result["runs"][f"{task}_{start}"] = {"args": shlex.join(used), "wall_s": round(wall, 1)}
-            print(f"{task} from {start}: {scores} ({wall:.0f} s)", flush=True)
+                summary["per_type_f1"] = {
+                    k: statistics.fmean(t["test"]["per_type_f1"].get(k, 0.0) for t in runs_at_lr)
+                    for k in ("PER", "LOC", "ORG")}
+            result["finetune"][f"{task}/{start}"] = summary
 
     result["total_wall_s"] = round(time.perf_counter() - started, 1)
     result["loadavg_15min"] = round(os.getloadavg()[2], 2)
@@ -227,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{name}.md").write_text(render(result, args.smoke))
     print(f"wrote {args.out / name}.json and .md ({result['total_wall_s']:.0f} s)")
     return 0
+
+
+def _lr(lr: float | None) -> str:
+    return "config" if lr is None else f"{lr:g}"
 
 
 def render(r: dict[str, Any], smoke: bool) -> str:
@@ -265,14 +313,29 @@ def render(r: dict[str, Any], smoke: bool) -> str:
         + ("a validation subset." if smoke else
            "the full test split (4,484 sentences of articles not in the pre-training corpus)."),
         "",
-        "| initialization | sentiment accuracy | sentiment macro-F1 | NER entity F1 (strict) | PER | LOC | ORG |",
-        "|---|---|---|---|---|---|---|",
+        f"Learning rate per start and task: the best on validation of {s['sentiment_lrs'] or 'the config'} "
+        f"(sentiment) and {s['ner_lrs'] or 'the config'} (NER), at seed {s['seed']}; then "
+        f"{s['finetune_seeds']} seed(s) at that rate (seeds {s['seed']} to "
+        f"{int(s['seed']) + int(s['finetune_seeds']) - 1}): test mean ± standard deviation over them.",
+        "",
+        "| initialization | sentiment lr | sentiment accuracy | sentiment macro-F1 | NER lr | NER entity F1 (strict) "
+        "| PER | LOC | ORG |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for start in ("random", "char", "wwm"):
         sen, ner = f[f"sentiment/{start}"], f[f"ner/{start}"]
         per = ner["per_type_f1"]
-        lines.append(f"| {start} | {sen['accuracy']:.4f} | {sen['f1_macro']:.4f} | {ner['entity_f1_strict']:.4f} | "
+        lines.append(f"| {start} | {_lr(sen['lr'])} | {sen['accuracy']:.4f} ± {sen['accuracy_std']:.4f} | "
+                     f"{sen['f1_macro']:.4f} | {_lr(ner['lr'])} | {ner['entity_f1_strict']:.4f} ± "
+                     f"{ner['entity_f1_strict_std']:.4f} | "
                      + " | ".join(f"{per.get(t, 0.0):.3f}" for t in ("PER", "LOC", "ORG")) + " |")
+    lines += ["", "Validation (best of the run; sentiment accuracy, NER strict entity F1) by learning rate and seed:",
+              "", "| task | initialization | lr | seed | validation | test |", "|---|---|---|---|---|---|"]
+    for name, x in f.items():
+        task, start = name.split("/")
+        key = "accuracy" if task == "sentiment" else "entity_f1_strict"
+        lines += [f"| {task} | {start} | {_lr(t['lr'])} | {t['seed']} | {t['val_best']:.4f} | {t['test'][key]:.4f} |"
+                  for t in x["trials"]]
     lines += ["", "## Runs", "", "| run | wall time | arguments |", "|---|---|---|"]
     lines += [f"| {k} | {v['wall_s']:.0f} s | `{v['args']}` |" for k, v in r["runs"].items()]
     return "\n".join(lines) + "\n"

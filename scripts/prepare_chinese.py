@@ -16,6 +16,11 @@ Writes, under ``data/zh/`` (or ``--out``, which must be under a ``data/`` direct
   as the classic Chinese NER sets were made: ``nr`` person (PER; a 1-2 character surname word followed by a
   1-2 character given-name word, ``江/nr 泽民/nr``, is one person), ``ns`` place (LOC), ``nt`` organization
   (ORG), one entity per word otherwise.
+- ``pretrain/reviews.txt``: the text of the sentiment training split (labels dropped), segmented and
+  part-of-speech tagged by jieba in the same ``word/tag`` format: in-domain text for pre-training (task-adaptive
+  pre-training, Gururangan et al. 2020, "Don't Stop Pretraining"). No validation or test review is in it. The
+  words are joined when read, so a space between two Latin words is lost. Skipped, with a line saying so, when
+  jieba is not installed (``pip install jieba``).
 - ``sentiment/{train,validation,test}.jsonl``: ``{"text": ..., "label": "negative" | "positive"}`` for
   ``TextClassificationDataModule``. Sentences are de-duplicated before the split (after stripping and NFKC), so
   no sentence is in two splits; a sentence found in both files has no clear label and is dropped.
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import random
 import sys
 import unicodedata
@@ -161,6 +167,25 @@ def sentiment_splits(neg: Path, pos: Path, fractions: Sequence[float], seed: int
     return {split: [rows[i] for i in idx] for split, idx in parts.items()}, dict(stats)
 
 
+def tagged_reviews(texts: Iterable[str]) -> str | None:
+    """``texts`` as ``word/tag`` lines, segmented and tagged by ``jieba.posseg`` (None without jieba)."""
+    try:
+        import jieba
+        import jieba.posseg
+    except ImportError:
+        return None
+    jieba.setLogLevel(logging.WARNING)
+    lines = []
+    for text in texts:
+        # whitespace separates items, so a piece holding one (or only whitespace) cannot be a word/tag item
+        pairs = [(p.word, p.flag) for p in jieba.posseg.cut(text) if p.word.strip()]
+        line = "  ".join(f"{w}/{t}" for w, t in pairs
+                         if not any(c.isspace() for c in w) and t.isascii() and t.isalpha())
+        parse_tagged(line, "jieba.posseg output")  # what TextCorpusDataModule(word_boundaries="tagged") reads
+        lines.append(line + "\n")
+    return "".join(lines)
+
+
 def render_jsonl(rows: Iterable[tuple[str, str]]) -> str:
     return "".join(json.dumps({"text": t, "label": label}, ensure_ascii=False) + "\n" for t, label in rows)
 
@@ -190,6 +215,12 @@ def build(tagged: Path, neg: Path, pos: Path, fractions: Sequence[float], seed: 
         counts = Counter(label for _, label in rows[split])
         summary.append(f"sentiment/{split}.jsonl: {len(rows[split])} sentences {dict(sorted(counts.items()))}")
     summary.append(f"sentiment: dropped {stats}")
+    reviews = tagged_reviews(text for text, _ in rows["train"])
+    if reviews is None:
+        summary.append("pretrain/reviews.txt: skipped, jieba is not installed (pip install jieba)")
+    else:
+        files["pretrain/reviews.txt"] = reviews
+        summary.append(f"pretrain/reviews.txt: the {len(rows['train'])} training reviews, segmented by jieba")
     return files, summary
 
 

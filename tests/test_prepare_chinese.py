@@ -76,6 +76,12 @@ def test_writes_every_set_in_the_formats_our_datamodules_read(tmp_path):
     assert set(texts) == (set(NEGATIVE) | set(POSITIVE)) - {"一般般"}
     assert {r["label"] for split in rows.values() for r in split} == {"negative", "positive"}
 
+    # the training reviews' text, jieba-segmented word/tag lines; no validation or test review
+    reviews = (out / "pretrain" / "reviews.txt").read_text(encoding="utf-8").splitlines()
+    joined = ["".join(word for word, _ in parse_tagged(line)) for line in reviews]
+    assert joined == ["".join(r["text"].split()) for r in rows["train"]]
+    assert any(len(word) > 1 for line in reviews for word, _ in parse_tagged(line))  # words, not characters
+
 
 def test_the_sets_load_in_our_datamodules(tmp_path):
     from lit_llm.datamodules import TextClassificationDataModule, TokenClassificationDataModule
@@ -115,3 +121,15 @@ def test_refuses_to_change_an_existing_file_and_writes_only_under_data(tmp_path)
         prep.main([*args, "--out", str(out), "--seed", "7"])
     with pytest.raises(SystemExit):
         prep.main([*args, "--out", str(tmp_path / "elsewhere")])
+
+
+def test_without_jieba_the_review_corpus_is_skipped_with_a_line_saying_so(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jieba", None)  # `import jieba` raises ImportError
+    out = tmp_path / "data" / "zh"
+    assert prep.main(["--tagged", str(write_tagged(tmp_path / "pd.txt", repeat=10)), "--sentiment-dir",
+                      str(write_sentiment_dir(tmp_path / "s")), "--out", str(out), "--fractions", "0.6", "0.2",
+                      "0.2"]) == 0
+    assert "pretrain/reviews.txt: skipped, jieba is not installed (pip install jieba)" in capsys.readouterr().out
+    assert not (out / "pretrain" / "reviews.txt").exists() and (out / "pretrain" / "train.txt").exists()

@@ -21,7 +21,8 @@ script; its numbers mean nothing).
 Usage::
 
     .venv/bin/python scripts/prepare_chinese.py
-    .venv/bin/python scripts/bench_chinese.py            # about 45 minutes on 2 idle CPU cores (estimated)
+    .venv/bin/python scripts/bench_chinese.py --pretrain-steps 1500 --sentiment-lrs 5e-4 --ner-lrs 1e-3 \
+        --finetune-seeds 2                               # benchmarks/chinese.md: 44 minutes on 2 idle CPU cores
     .venv/bin/python scripts/bench_chinese.py --smoke
 """
 

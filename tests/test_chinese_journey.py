@@ -22,8 +22,9 @@ import pytest
 from chinese_helpers import write_sentiment_dir, write_tagged
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_BERT = ("{model_type: bert, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
-             "intermediate_size: 37, max_position_embeddings: 512}")
+# the config's architecture (RoFormer), shrunk
+TINY_MODEL = ("{model_type: roformer, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
+              "intermediate_size: 37, max_position_embeddings: 512}")
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
 
 
@@ -57,7 +58,7 @@ def test_prepare_pretrain_finetune_and_serve(tmp_path, monkeypatch):
     assert prepare(["--tagged", str(write_tagged(tmp_path / "pd.txt", repeat=10)), "--sentiment-dir",
                     str(write_sentiment_dir(tmp_path / "senti")), "--fractions", "0.6", "0.2", "0.2"]) == 0
     out = fit(["--config", str(REPO / "configs/pretrain/bert_zh_wwm.yaml"), *QUIET,
-               "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--model.init_args.model", TINY_BERT,
+               "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--model.init_args.model", TINY_MODEL,
                "--data.init_args.vocab_size", "300", "--data.init_args.batch_size", "4",
                "--data.init_args.num_proc", "null"], tmp_path)
     export = tmp_path / "runs" / "bert_zh_wwm" / "version_0" / "export"

@@ -56,6 +56,7 @@ PRETRAIN = "configs/pretrain/bert_zh_wwm.yaml"
 FINETUNE = {"sentiment": "configs/finetune/bert_zh_sentiment.yaml", "ner": "configs/finetune/bert_zh_ner.yaml"}
 TINY_MODEL = ("{model_type: roformer, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, "
               "intermediate_size: 37, max_position_embeddings: 512}")
+HEADLINE = {"sentiment": "accuracy", "ner": "entity_f1_strict"}  # the test score a table row leads with
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary",
          "false"]
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             runs_at_lr = [chosen] + [finetune_once(task, start, files, chosen["lr"], args.seed + k, runs, args,
                                                    result["runs"]) for k in range(1, args.finetune_seeds)]
             trials += runs_at_lr[1:]
-            key = "accuracy" if task == "sentiment" else "entity_f1_strict"
+            key = HEADLINE[task]
             values = [t["test"][key] for t in runs_at_lr]
             summary: dict[str, Any] = {"lr": chosen["lr"], "trials": trials,
                                        "test_runs": [t["test"] for t in runs_at_lr],
@@ -334,7 +335,7 @@ def render(r: dict[str, Any], smoke: bool) -> str:
               "", "| task | initialization | lr | seed | validation | test |", "|---|---|---|---|---|---|"]
     for name, x in f.items():
         task, start = name.split("/")
-        key = "accuracy" if task == "sentiment" else "entity_f1_strict"
+        key = HEADLINE[task]
         lines += [f"| {task} | {start} | {_lr(t['lr'])} | {t['seed']} | {t['val_best']:.4f} | {t['test'][key]:.4f} |"
                   for t in x["trials"]]
     lines += ["", "## Runs", "", "| run | wall time | arguments |", "|---|---|---|"]

@@ -25,9 +25,9 @@ from lit_llm.modules.language_model import (
     exact_step_loss,
     finish_eval_epoch,
     log_train_step,
+    normalize_step,
     restore_datamodule_tokenizer,
     store_datamodule_tokenizer,
-    normalize_step,
 )
 from lit_llm.text.masking import mask_tokens
 from lit_llm.text.sentence_order import check_nsp_negatives

@@ -6,7 +6,10 @@ runners of a task interleaved and their order rotated every repeat so machine no
 - ``classification`` (the main job): ``lit-llm fit --config configs/finetune/minilm_rotten_tomatoes.yaml
   --test_after_fit true`` vs the HF ``Trainer`` vs a plain PyTorch loop. The recipe is read from that config, so
   the peers get the same split, model, max length, batch, learning rate, weight decay, warm-up, clipping, epochs,
-  validation twice an epoch keeping the best (with the same early-stopping patience) and one test pass; lit-llm
+  validation twice an epoch keeping the best (with the same early-stopping patience) and one test pass, and
+  length-grouped training batches when the config groups them (the HF Trainer's own
+  ``train_sampling_strategy="group_by_length"``, transformers' ``LengthGroupedSampler`` in the plain loop);
+  ``hf_trainer_defaults`` is the HF Trainer with its default random batches. lit-llm
   logs to CSV instead of the config's W&B (the peers log nothing remote either). Reported:
   test accuracy, macro-F1, the wall time of the whole command, and training tokens/s (non-padding training
   tokens x epochs / wall time). Goal: lit-llm at least as accurate as the HF Trainer in at most 0.9x its time.
@@ -61,7 +64,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 CLS_CONFIG = "configs/finetune/minilm_rotten_tomatoes.yaml"
 NER_CONFIG = "configs/finetune/minilm_wnut16.yaml"
 RUNNERS = {
-    "classification": ("lit_llm", "hf_trainer", "plain_pytorch"),
+    "classification": ("lit_llm", "hf_trainer", "hf_trainer_defaults", "plain_pytorch"),
     "ner": ("lit_llm", "hf_trainer"),
     "pretrain": ("raw_like_for_like", "lit_llm", "hf_trainer_defaults"),
 }
@@ -96,6 +99,7 @@ def recipe(config_path: str) -> dict[str, Any]:
         "warmup": float(callbacks.get("WarmupSchedule", {}).get("warmup", 0.0)),
         "patience": int(callbacks.get("EarlyStopping", {}).get("patience", 10**6)),
         "precision": str(trainer.get("precision", "32-true")),
+        "group_by_length": bool(data.get("group_by_length", False)),
     }
 
 
@@ -164,6 +168,22 @@ def _cls_data(r: dict[str, Any]) -> tuple[Any, dict[str, Any], list[str]]:
     return tok, enc, labels
 
 
+def padding_cells(r: dict[str, Any], seed: int = 0) -> dict[str, float]:
+    """Batch cells (batch x padded length) per real training token in one epoch, with random batches and with
+    lit-llm's length-grouped ones, for the recipe's training split and batch size."""
+    from lit_llm.datamodules import ResumableSampler
+
+    _, enc, _ = _cls_data(r)
+    lengths = [len(x["input_ids"]) for x in enc["train"]]
+    out = {}
+    for name, grouped in (("random_batches", None), ("length_grouped", lengths)):
+        sampler = ResumableSampler(lengths, shuffle=True, seed=seed, lengths=grouped, batch_size=r["batch_size"])
+        order = list(sampler)
+        batches = [order[k : k + r["batch_size"]] for k in range(0, len(order), r["batch_size"])]
+        out[name] = sum(max(lengths[i] for i in b) * len(b) for b in batches) / sum(lengths)
+    return out
+
+
 def _train_tokens(enc: dict[str, Any], r: dict[str, Any]) -> int:
     return sum(len(x["input_ids"]) for x in enc["train"]) * r["epochs"]
 
@@ -196,7 +216,9 @@ def _lit_llm_command(config: str, overrides: list[str], work: Path, report_name:
             "command": " ".join(cmd[2:])}
 
 
-def run_cls_hf_trainer(r: dict[str, Any], work: Path) -> dict[str, Any]:
+def run_cls_hf_trainer(r: dict[str, Any], work: Path, defaults: bool = False) -> dict[str, Any]:
+    """The HF Trainer on the recipe, length-grouped batches included (its own ``train_sampling_strategy=
+    "group_by_length"``); with ``defaults``, random batches as it makes them by default."""
     import numpy as np
     from transformers import (
         AutoModelForSequenceClassification,
@@ -228,6 +250,7 @@ def run_cls_hf_trainer(r: dict[str, Any], work: Path) -> dict[str, Any]:
         save_steps=every, save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="accuracy",
         report_to=[], logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=r["seed"],
         bf16=r["precision"].startswith("bf16"), dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if r["group_by_length"] and not defaults else "random",
     )
     trainer = Trainer(model=model, args=args, train_dataset=enc["train"], eval_dataset=enc["validation"],
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics,
@@ -239,19 +262,25 @@ def run_cls_hf_trainer(r: dict[str, Any], work: Path) -> dict[str, Any]:
 
 
 def run_cls_plain(r: dict[str, Any], work: Path) -> dict[str, Any]:
-    """What a user writes by hand: the same recipe, validation twice an epoch, the best state tested."""
+    """What a user writes by hand: the same recipe, validation twice an epoch, the best state tested; batches
+    grouped by length with transformers' ``LengthGroupedSampler`` when the recipe groups them."""
     import copy
 
     import torch
     from torch.utils.data import DataLoader
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     torch.manual_seed(r["seed"])
     random.seed(r["seed"])
     tok, enc, labels = _cls_data(r)
     model = AutoModelForSequenceClassification.from_pretrained(r["model"], num_labels=len(labels))
     collate = DataCollatorWithPadding(tok)
-    train = DataLoader(enc["train"], batch_size=r["batch_size"], shuffle=True, collate_fn=collate)
+    if r["group_by_length"]:
+        sampler = LengthGroupedSampler(r["batch_size"], lengths=[len(x["input_ids"]) for x in enc["train"]])
+        train = DataLoader(enc["train"], batch_size=r["batch_size"], sampler=sampler, collate_fn=collate)
+    else:
+        train = DataLoader(enc["train"], batch_size=r["batch_size"], shuffle=True, collate_fn=collate)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": r["weight_decay"]},
@@ -383,7 +412,7 @@ def run_ner_hf_trainer(r: dict[str, Any], work: Path) -> dict[str, Any]:
         max_grad_norm=r["clip"] or 0.0, eval_strategy="steps", eval_steps=every, save_strategy="steps",
         save_steps=every, save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="f1",
         report_to=[], logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=r["seed"],
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, train_sampling_strategy="group_by_length" if r["group_by_length"] else "random",
     )
     trainer = Trainer(model=model, args=args, train_dataset=features["train"], eval_dataset=features["validation"],
                       data_collator=DataCollatorForTokenClassification(tok), compute_metrics=metrics,
@@ -562,6 +591,7 @@ def run_pre_hf(a: dict[str, Any], work: Path) -> dict[str, Any]:
 CHILDREN = {
     ("classification", "lit_llm"): run_cls_lit_llm,
     ("classification", "hf_trainer"): run_cls_hf_trainer,
+    ("classification", "hf_trainer_defaults"): functools.partial(run_cls_hf_trainer, defaults=True),
     ("classification", "plain_pytorch"): run_cls_plain,
     ("ner", "lit_llm"): run_ner_lit_llm,
     ("ner", "hf_trainer"): run_ner_hf_trainer,
@@ -637,6 +667,11 @@ def write_report(out: Path, stem: str, result: dict[str, Any]) -> Path:
             for err in s.get("errors", []):
                 lines.append(f"\n{runner} failed: `{err.strip().splitlines()[-1][:300] if err.strip() else err}`")
         lines.append("")
+        if task == "classification" and "padding_cells_per_token" in result:
+            pad = result["padding_cells_per_token"]
+            lines += [f"Training batch cells (batch x padded length) per real token in an epoch: "
+                      f"{pad['random_batches']:.3f} with random batches, {pad['length_grouped']:.3f} grouped by "
+                      "length.", ""]
         for text in result["verdicts"].get(task, []):
             lines.append(f"- {text}")
         lines.append("")
@@ -650,8 +685,11 @@ def verdicts(tasks: dict[str, Any]) -> dict[str, list[str]]:
         s = tasks["classification"]
         t, acc = _ratio(s, "lit_llm", "hf_trainer", "wall_s"), _ratio(s, "lit_llm", "hf_trainer", "accuracy")
         plain = _ratio(s, "lit_llm", "plain_pytorch", "wall_s")
+        defaults = _ratio(s, "lit_llm", "hf_trainer_defaults", "wall_s")
         out["classification"] = [
             f"lit-llm / HF Trainer wall time: {t:.3f}" if t else "wall-time ratio: n/a",
+            f"lit-llm / HF Trainer with its default random batches, wall time: {defaults:.3f}"
+            if defaults else "defaults ratio: n/a",
             f"lit-llm / HF Trainer test accuracy: {acc:.3f}" if acc else "accuracy ratio: n/a",
             f"lit-llm / plain loop wall time: {plain:.3f}" if plain else "plain ratio: n/a",
             "goal: accuracy ratio >= 1 at a wall-time ratio <= 0.9; a ratio counts only where it differs from 1 by "
@@ -681,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=tuple(RUNNERS), default=list(RUNNERS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runners", nargs="+", help="only these runners of each task (default: all of them)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--pretrain-steps", type=int, default=60, help="timed optimizer steps per pre-training run")
     parser.add_argument("--pretrain-warmup", type=int, default=5)
@@ -717,11 +756,12 @@ def main(argv: list[str] | None = None) -> int:
         steps, warmup = (3, 1) if args.smoke else (args.pretrain_steps, args.pretrain_warmup)
         specs["pretrain"] = {**assets, "steps": steps, "warmup": warmup}
 
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {t: {n: [] for n in RUNNERS[t]} for t in specs}
+    chosen = {t: [n for n in RUNNERS[t] if not args.runners or n in args.runners] for t in specs}
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {t: {n: [] for n in chosen[t]} for t in specs}
     started = time.perf_counter()
     for rep in range(repeats):
         for task, spec in specs.items():
-            names = list(RUNNERS[task])
+            names = chosen[task]
             for runner in names[rep % len(names):] + names[:rep % len(names)]:
                 result = run_child(task, runner, spec, work / f"{task}_{runner}_{rep}", args.threads)
                 raw[task][runner].append(result)
@@ -736,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
         "torch": torch.__version__, "recipes": specs, "tasks": tasks, "verdicts": verdicts(tasks), "raw": raw,
     }
+    if "classification" in specs:
+        result["padding_cells_per_token"] = padding_cells(specs["classification"])
     md = write_report(out, report_stem(args.tasks), result)
     print(md.read_text())
     errors = [e for per in tasks.values() for s in per.values() for e in s["errors"]]

@@ -10,7 +10,7 @@ and the rest come out exactly as in the run it continues.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -57,16 +57,19 @@ def augmented_loader(
     collate_fn: Callable[[list[Any]], Any],
     num_workers: int = 0,
     seed: int = 0,
+    lengths: Sequence[int] | None = None,
 ) -> ResumableDataLoader:
     """The shuffled, resumable training loader of an augmented dataset, whose epoch follows the loader's sampler.
 
     Workers are not persistent: each epoch's workers get a fresh copy of the dataset, with that epoch.
+    ``lengths`` (of the examples before their edits) groups the batches by length.
     """
     loader = ResumableDataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=True,
         seed=seed,
+        lengths=lengths,
         collate_fn=collate_fn,
         num_workers=num_workers,
         persistent_workers=False,

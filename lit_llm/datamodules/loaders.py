@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,8 +22,10 @@ def split_loader(
     collate_fn: Callable[[list[Any]], Any],
     num_workers: int = 0,
     seed: int = 0,
+    lengths: Sequence[int] | None = None,
 ) -> DataLoader:
-    """A loader over ``datasets[split]``; the shuffled (training) one resumes mid-epoch exactly.
+    """A loader over ``datasets[split]``; the shuffled (training) one resumes mid-epoch exactly, and groups its
+    batches by length when given the examples' ``lengths`` (see :class:`~lit_llm.datamodules.ResumableSampler`).
 
     Every loader has its own seeded generator, so creating one never draws from the global RNG.
 
@@ -40,5 +42,5 @@ def split_loader(
         generator=torch.Generator().manual_seed(seed),
     )
     if shuffle:
-        return ResumableDataLoader(datasets[split], shuffle=True, seed=seed, **kwargs)
+        return ResumableDataLoader(datasets[split], shuffle=True, seed=seed, lengths=lengths, **kwargs)
     return DataLoader(datasets[split], shuffle=False, **kwargs)

@@ -18,7 +18,8 @@ replays the interrupted epoch up to the position instead of skipping by index.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sized
+import math
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 import torch
@@ -34,9 +35,28 @@ class ResumableSampler(DistributedSampler):
 
     Being a ``DistributedSampler`` already, Lightning keeps it under DDP instead of replacing it, and calls its
     ``set_epoch`` at each epoch start.
+
+    With ``lengths`` (one per example, in tokens) and ``batch_size`` (per replica) the shuffled order is grouped
+    by length, as the HF Trainer's ``group_by_length``: the epoch's permutation is cut into mega-batches of 50
+    global batches (``batch_size`` x replicas), each sorted by length, cut into global batches, and the batches
+    are shuffled. Each replica's batch then holds examples of about one length, so dynamic padding pads little,
+    and every example is still seen once an epoch in an order that is a pure function of ``(seed, epoch)``.
+    (transformers' ``LengthGroupedSampler`` groups the same way but is neither resumable nor shardable here:
+    Lightning would wrap it and re-shard its list, and it draws from the global RNG without a seed.)
     """
 
-    def __init__(self, dataset: Sized, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> None:
+    MEGA_BATCHES = 50
+
+    def __init__(
+        self,
+        dataset: Sized,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+    ) -> None:
         distributed = dist.is_available() and dist.is_initialized()
         super().__init__(
             dataset,  # type: ignore[arg-type]
@@ -47,13 +67,39 @@ class ResumableSampler(DistributedSampler):
             drop_last=drop_last,
         )
         self._skip: tuple[int, int] | None = None  # (epoch, samples of this rank to skip)
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"lengths has {len(lengths)} entries for a dataset of {len(dataset)} examples")
+        self.lengths = list(lengths) if lengths is not None else None
+        self.batch_size = batch_size
 
     def skip(self, epoch: int, samples: int) -> None:
         """Start the next iteration of ``epoch`` after its first ``samples`` samples (ignored for other epochs)."""
         self._skip = (epoch, samples)
 
+    def _grouped(self, lengths: list[int]) -> list[int]:
+        """This replica's share of the epoch's length-grouped order (see the class docstring)."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(lengths), generator=g).tolist() if self.shuffle else list(range(len(lengths)))
+        group = self.batch_size * self.num_replicas
+        mega = group * self.MEGA_BATCHES
+        batches: list[list[int]] = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+            batches += [chunk[k : k + group] for k in range(0, len(chunk), group)]
+        last = batches.pop() if batches and len(batches[-1]) < group else None  # a short batch stays last
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        indices = [i for batch in batches + ([last] if last is not None else []) for i in batch]
+        # Padded or cut to a multiple of the replicas, as DistributedSampler does, then sharded by stride.
+        if self.drop_last:
+            indices = indices[: self.total_size]
+        else:
+            pad = self.total_size - len(indices)
+            indices += (indices * math.ceil(pad / len(indices)))[:pad] if pad > 0 else []
+        return indices[self.rank : self.total_size : self.num_replicas]
+
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+        indices = self._grouped(self.lengths) if self.lengths is not None else list(super().__iter__())
         skip, self._skip = self._skip, None
         if skip is not None and skip[0] == self.epoch:
             indices = indices[skip[1] :]
@@ -66,7 +112,8 @@ class ResumableDataLoader(DataLoader):
     It samples a map-style dataset with a :class:`ResumableSampler` (seeded by ``seed``; ``shuffle`` as in
     ``DataLoader``) and skips already-consumed batches by index. ``generator`` defaults to one seeded with
     ``seed``, so creating an iterator never draws from the global RNG (which would shift dropout after a
-    resume). Iterable (streaming) datasets are refused: their position cannot be restored by index, and
+    resume). ``lengths`` (tokens per example) groups batches by length (see :class:`ResumableSampler`).
+    Iterable (streaming) datasets are refused: their position cannot be restored by index, and
     Lightning prefetches one batch of them ahead of the step, so a yielded-batch count would be off by one.
 
     Lightning saves ``state_dict()`` with the fit loop in each checkpoint and loads it when resuming; the
@@ -78,7 +125,14 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(
-        self, dataset: Any, batch_size: int = 1, shuffle: bool = False, *, seed: int = 0, **kwargs: Any
+        self,
+        dataset: Any,
+        batch_size: int = 1,
+        shuffle: bool = False,
+        *,
+        seed: int = 0,
+        lengths: Sequence[int] | None = None,
+        **kwargs: Any,
     ) -> None:
         if isinstance(dataset, IterableDataset):
             raise TypeError(
@@ -90,7 +144,10 @@ class ResumableDataLoader(DataLoader):
                 raise TypeError(f"ResumableDataLoader makes its own sampler; do not pass {key}=")
         self.seed = seed
         kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
-        sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed, drop_last=kwargs.get("drop_last", False))
+        sampler = ResumableSampler(
+            dataset, shuffle=shuffle, seed=seed, drop_last=kwargs.get("drop_last", False), lengths=lengths,
+            batch_size=batch_size,
+        )
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
         self._yielded = 0
         self._pending: dict[str, int] | None = None

@@ -99,6 +99,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         batch_size: training micro-batch per device.
         eval_batch_size: batch for validation / test / predict (default: 2 x batch_size).
         num_workers: dataloader workers.
+        group_by_length: group training batches by length (as the HF Trainer's ``group_by_length``), so dynamic
+            padding pads little; the order is still shuffled, seeded and resumable (see
+            :class:`~lit_llm.datamodules.ResumableSampler`).
         augmentation: on-the-fly edits of training texts; None for none.
 
     Raises:
@@ -132,6 +135,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        group_by_length: bool = False,
         augmentation: TextAugmentation | None = None,
     ) -> None:
         super().__init__()
@@ -170,6 +174,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
+        self.group_by_length = group_by_length
         self.augmentation = augmentation
         self._labels: list[str] | None = list(labels) if labels is not None else None
         self._raw: dict[str, datasets.Dataset] = {}
@@ -392,6 +397,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
         return parts["train"], parts["test"]
 
     # ---------------------------------------------------------------- loaders
+    def _train_lengths(self) -> list[int] | None:
+        if not self.group_by_length or "train" not in self.datasets:
+            return None
+        return [len(ids) for ids in self.datasets["train"].with_format("python")["input_ids"]]
+
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         # Only the requested split needs the python format (plain lists for the padding collator).
         prepared = {split: self.datasets[split].with_format("python")} if split in self.datasets else {}
@@ -403,6 +413,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             collate_fn=_PadKeepingText(self.tokenizer),
             num_workers=self.num_workers,
             seed=self.seed,
+            lengths=self._train_lengths() if split == "train" else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -420,6 +431,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             collate_fn=_PadKeepingText(self.tokenizer),
             num_workers=self.num_workers,
             seed=self.seed,
+            lengths=self._train_lengths(),
         )
 
     def val_dataloader(self) -> DataLoader:

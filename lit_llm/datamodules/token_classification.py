@@ -138,6 +138,9 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         batch_size: training micro-batch per device.
         eval_batch_size: batch for validation / test / predict (default: 2 x batch_size).
         num_workers: dataloader workers.
+        group_by_length: group training batches by length (as the HF Trainer's ``group_by_length``), so dynamic
+            padding pads little; the order is still shuffled, seeded and resumable (see
+            :class:`~lit_llm.datamodules.ResumableSampler`).
         seed: seed of the training shuffle (and of the augmentation).
         augmentation: on-the-fly edits of training sentences that keep the tag alignment; None for none.
 
@@ -170,6 +173,7 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
+        group_by_length: bool = False,
         seed: int = 42,
         augmentation: TextAugmentation | None = None,
     ) -> None:
@@ -206,6 +210,7 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
+        self.group_by_length = group_by_length
         self.seed = seed
         self.augmentation = augmentation
         self._labels: list[str] | None = list(labels) if labels is not None else None
@@ -345,9 +350,15 @@ class TokenClassificationDataModule(pl.LightningDataModule):
             self.datasets[split] = self._encode(sents, split)
 
     # ---------------------------------------------------------------- loaders
+    def _train_lengths(self) -> list[int] | None:
+        if not self.group_by_length or "train" not in self.datasets:
+            return None
+        return [len(example["input_ids"]) for example in self.datasets["train"]]
+
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         return split_loader(self.datasets, split, batch_size=batch_size, shuffle=shuffle,
-                            collate_fn=_Collator(self.tokenizer), num_workers=self.num_workers, seed=self.seed)
+                            collate_fn=_Collator(self.tokenizer), num_workers=self.num_workers, seed=self.seed,
+                            lengths=self._train_lengths() if split == "train" else None)
 
     def train_dataloader(self) -> DataLoader:
         if self.augmentation is None:
@@ -366,6 +377,7 @@ class TokenClassificationDataModule(pl.LightningDataModule):
             collate_fn=_Collator(self.tokenizer),
             num_workers=self.num_workers,
             seed=self.seed,
+            lengths=self._train_lengths(),
         )
 
     def val_dataloader(self) -> DataLoader:

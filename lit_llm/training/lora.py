@@ -254,6 +254,10 @@ def _linear4bit(linear: nn.Linear, device: torch.device | str, compute_dtype: st
     layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.detach().to("cpu"), requires_grad=False)
+    # On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight in place at its first eval-mode forward
+    # (validation), after which a training forward fails ("a view of a leaf Variable ... in-place operation"), and
+    # it asserts on layers whose out features are not a multiple of 32: keep the portable layout while training.
+    layer.support_avx512bf16_for_cpu = False
     return layer.to(device)  # Params4bit quantizes when it is moved
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -10,7 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_llm.callbacks import ExactResume
 from lit_llm.callbacks.resume import get_rng_states, set_rng_states
-from lit_llm.datamodules import ResumableDataLoader
+from lit_llm.datamodules import ResumableDataLoader, ResumableSampler
 
 
 def _epoch(loader: ResumableDataLoader, epoch: int) -> list[list[int]]:
@@ -141,3 +143,60 @@ def test_a_plain_loader_gets_a_warning_on_a_mid_epoch_resume(tmp_path):
     _trainer(tmp_path / "a", 3, [ExactResume(), ckpt]).fit(_Noisy(DataLoader))
     with pytest.warns(UserWarning, match=r"ExactResume: the train loader \(DataLoader\) has no state_dict"):
         _trainer(tmp_path / "b", 5, [ExactResume()]).fit(_Noisy(DataLoader), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+
+def _lengths(n: int, seed: int = 0) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 200, (n,), generator=g).tolist()
+
+
+def test_length_grouped_batches_pad_little_see_every_example_once_and_follow_seed_and_epoch():
+    lengths = _lengths(1000)
+    data = list(range(1000))
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    grouped = ResumableDataLoader(data, batch_size=8, shuffle=True, seed=5, lengths=lengths)
+    plain = ResumableDataLoader(data, batch_size=8, shuffle=True, seed=5)
+    epoch0 = _epoch(grouped, 0)
+    assert sorted(sum(epoch0, [])) == data  # every example once, none twice
+    assert padding(epoch0) < padding(_epoch(plain, 0)) / 10
+    again = ResumableDataLoader(data, batch_size=8, shuffle=True, seed=5, lengths=lengths)
+    assert _epoch(again, 1) == _epoch(grouped, 1) != epoch0
+    # Shuffled across the epoch, not sorted from the longest to the shortest batch.
+    maxima = [max(lengths[i] for i in b) for b in epoch0]
+    assert maxima != sorted(maxima, reverse=True) and maxima != sorted(maxima)
+
+
+def test_length_grouped_order_shards_across_replicas_into_grouped_batches_and_resumes_exactly():
+    lengths = _lengths(403, seed=1)
+    shards = []
+    for rank in (0, 1):
+        sampler = ResumableSampler(range(403), shuffle=True, seed=2, lengths=lengths, batch_size=4)
+        sampler.num_replicas, sampler.rank = 2, rank
+        sampler.num_samples = math.ceil(403 / 2)
+        sampler.total_size = sampler.num_samples * 2
+        sampler.set_epoch(3)
+        shards.append(list(sampler))
+    assert len(shards[0]) == len(shards[1]) == 202
+    assert set(shards[0]) | set(shards[1]) == set(range(403))  # one example padded in, as DistributedSampler
+    # The two ranks' k-th batches come from one global batch of similar lengths.
+    for k in range(0, 200, 4):
+        spread = [lengths[i] for shard in shards for i in shard[k : k + 4]]
+        assert max(spread) - min(spread) <= 20
+
+    reference = ResumableDataLoader(list(range(403)), batch_size=4, shuffle=True, seed=2, lengths=lengths)
+    full = _epoch(reference, 1)
+    first = ResumableDataLoader(list(range(403)), batch_size=4, shuffle=True, seed=2, lengths=lengths)
+    first.sampler.set_epoch(1)
+    iterator = iter(first)
+    seen = [next(iterator).tolist() for _ in range(7)]
+    resumed = ResumableDataLoader(list(range(403)), batch_size=4, shuffle=True, seed=2, lengths=lengths)
+    resumed.load_state_dict(first.state_dict())
+    assert seen + _epoch(resumed, 1) == full
+
+
+def test_lengths_that_do_not_match_the_dataset_are_refused():
+    with pytest.raises(ValueError, match="lengths has 3 entries for a dataset of 4 examples"):
+        ResumableDataLoader([0, 1, 2, 3], batch_size=2, shuffle=True, lengths=[1, 2, 3])

@@ -173,6 +173,28 @@ def test_qlora_on_cpu_quantizes_the_base_to_nf4_and_trains_bf16_adapters():
     torch.testing.assert_close(merged(input_ids=IDS).logits, expected, rtol=0, atol=2e-2)
 
 
+def test_qlora_trains_after_a_validation_pass_with_sizes_bitsandbytes_repacks_on_bf16_cpus():
+    # Layers of 64 / 128 features are the ones bitsandbytes repacks for its CPU kernel on AVX512-BF16 CPUs at the
+    # first eval-mode forward; a training step after that failed there. Elsewhere the path is plain and passes too.
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=30, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+        max_position_embeddings=16, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    ))
+    apply_lora(model, _spec(model, rank=4, alpha=8.0, quantize_base="nf4"))
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=IDS).logits
+    model.train()
+    loss = model(input_ids=IDS, labels=torch.tensor([0, 1])).loss
+    loss.backward()
+    query = model.bert.encoder.layer[0].attention.self.query
+    assert query.lora_B["default"].weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=IDS).logits, before)  # no step taken: the same function
+
+
 def test_qlora_computes_in_fp32_when_asked():
     import bitsandbytes as bnb
 

@@ -98,9 +98,17 @@ def recipe(config_path: str) -> dict[str, Any]:
         "clip": float(trainer.get("gradient_clip_val") or 0.0),
         "warmup": float(callbacks.get("WarmupSchedule", {}).get("warmup", 0.0)),
         "patience": int(callbacks.get("EarlyStopping", {}).get("patience", 10**6)),
-        "precision": str(trainer.get("precision", "32-true")),
+        "precision": _precision(cfg),
         "group_by_length": bool(data.get("group_by_length", False)),
     }
+
+
+def _precision(cfg: dict[str, Any]) -> str:
+    """The config's precision as ``lit-llm fit`` resolves it (``fastest_precision: true`` picks by hardware)."""
+    from lit_llm.commands.trainer_defaults import fastest_precision
+
+    chosen = fastest_precision(cfg["trainer"].get("accelerator"))[0] if cfg.get("fastest_precision") else None
+    return str(chosen or cfg["trainer"].get("precision") or "32-true")
 
 
 def _subset_csv(src: str, dst: Path, n: int) -> str:

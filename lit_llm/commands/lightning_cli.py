@@ -13,6 +13,7 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_llm.commands.loggers import (
     LoggedSaveConfig,
@@ -32,6 +33,7 @@ from lit_llm.commands.trainer_defaults import (
     add_exact_resume,
     add_plain_progress_bar,
     add_stage_times,
+    fastest_precision,
     use_atomic_checkpoint_io,
 )
 from lit_llm.commands.user_errors import validate_ckpt_path
@@ -81,6 +83,11 @@ class LitLLMCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=False, help="After fit, test the best checkpoint.")
         parser.add_argument("--run_root", type=str, default="runs", help="Parent folder of the run directories.")
         parser.add_argument("--run_name", type=str | None, default=None, help="Run folder name (default: config name).")
+        parser.add_argument(
+            "--fastest_precision", type=bool, default=False,
+            help="Set trainer.precision to the fastest this machine runs at full accuracy: bf16-mixed on a GPU or "
+            "CPU with bf16 hardware (AMX / AVX512-BF16), 16-mixed on an older GPU, else 32-true.",
+        )
 
     # ---------------------------------------------------------------- before the run
     def before_instantiate_classes(self) -> None:
@@ -88,6 +95,11 @@ class LitLLMCLI(LightningCLI):
         if sub is None:
             return
         cfg = self.config[sub]
+        if cfg.get("fastest_precision"):
+            precision, why = fastest_precision(cfg.trainer.get("accelerator"))
+            if precision is not None:
+                cfg.trainer.precision = precision  # before the config is saved: the run's config.yaml records it
+            rank_zero_info(f"--fastest_precision: trainer.precision = {cfg.trainer.get('precision')} ({why})")
         self.run_dir, self.resumed_from = prepare_run_dir(cfg, fit=sub == "fit")
         cfg.trainer.default_root_dir = str(self.run_dir)
         loggers_into_run_dir(cfg.trainer.get("logger"), self.run_dir)

@@ -22,7 +22,36 @@ from lit_llm.callbacks.resume import ExactResume
 from lit_llm.callbacks.stage_times import StageTimes
 from lit_llm.training.checkpointing import AtomicCheckpointIO
 
-__all__ = ["add_exact_resume", "add_plain_progress_bar", "use_atomic_checkpoint_io"]
+__all__ = ["add_exact_resume", "add_plain_progress_bar", "fastest_precision", "use_atomic_checkpoint_io"]
+
+
+def fastest_precision(accelerator: Any) -> tuple[str | None, str]:
+    """The Trainer precision ``--fastest_precision`` picks for ``accelerator`` (the config's value), and why.
+
+    A CUDA GPU: ``bf16-mixed`` where it has bf16 (Ampere and later), else ``16-mixed`` (fp16 with loss scaling).
+    A CPU: ``bf16-mixed`` where ``/proc/cpuinfo`` shows bf16 matmul hardware (``amx_bf16`` or ``avx512_bf16``),
+    else ``32-true`` (torch's bf16 fallback kernels are slower than fp32 there); the same rule as
+    ``lit-llm plan --hardware cpu``. Mixed precision keeps fp32 master weights. Any other accelerator: None (the
+    config's precision is kept).
+    """
+    import torch
+
+    from lit_llm.planning.cpu import read_cpuinfo
+
+    name = str(accelerator or "auto").lower()
+    if name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available()):
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16-mixed", f"{torch.cuda.get_device_name()} has bf16"
+        return "16-mixed", "this GPU has no bf16: fp16 with loss scaling"
+    if name not in ("cpu", "auto"):
+        return None, f"no rule for accelerator {name!r}: the config's precision is kept"
+    try:
+        info = read_cpuinfo()
+    except ValueError:  # no /proc/cpuinfo (not Linux): fp32, the choice that is never slow
+        return "32-true", "no /proc/cpuinfo to tell whether this CPU has bf16 hardware"
+    unit = info.bf16_unit
+    why = f"this CPU has {unit}" if unit != "none" else "this CPU has no amx_bf16 / avx512_bf16"
+    return info.recommended_precision, why
 
 
 def add_plain_progress_bar(trainer_cfg: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import lightning.pytorch as pl
@@ -121,18 +122,20 @@ def _trainer(tmp_path, max_steps, callbacks=()):
                       enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks))
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["shuffled", "length_grouped"])
 @pytest.mark.parametrize("stop_at", [13, 20])  # mid-epoch, and the last batch of an epoch
-def test_stop_and_resume_in_process_equals_one_run(tmp_path, stop_at):
+def test_stop_and_resume_in_process_equals_one_run(tmp_path, stop_at, grouped):
+    loader = functools.partial(ResumableDataLoader, lengths=_lengths(40)) if grouped else ResumableDataLoader
     pl.seed_everything(0)
-    reference = _Noisy()
+    reference = _Noisy(loader)
     _trainer(tmp_path / "ref", 25, [ExactResume()]).fit(reference)
 
     pl.seed_everything(0)
-    first = _Noisy()
+    first = _Noisy(loader)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True, save_top_k=0)
     _trainer(tmp_path / "a", stop_at, [ExactResume(), ckpt]).fit(first)
     pl.seed_everything(123)  # the resumed process starts from other random states
-    resumed = _Noisy()
+    resumed = _Noisy(loader)
     _trainer(tmp_path / "b", 25, [ExactResume()]).fit(resumed, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     for p, q in zip(reference.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q)

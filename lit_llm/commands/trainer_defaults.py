@@ -36,7 +36,7 @@ def fastest_precision(accelerator: Any) -> tuple[str | None, str]:
     """
     import torch
 
-    from lit_llm.planning.cpu import read_cpuinfo
+    from lit_llm.planning.cpu import local_cpuinfo
 
     name = str(accelerator or "auto").lower()
     if name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available()):
@@ -45,9 +45,8 @@ def fastest_precision(accelerator: Any) -> tuple[str | None, str]:
         return "16-mixed", "this GPU has no bf16: fp16 with loss scaling"
     if name not in ("cpu", "auto"):
         return None, f"no rule for accelerator {name!r}: the config's precision is kept"
-    try:
-        info = read_cpuinfo()
-    except ValueError:  # no /proc/cpuinfo (not Linux): fp32, the choice that is never slow
+    info = local_cpuinfo()
+    if info is None:
         return "32-true", "no /proc/cpuinfo to tell whether this CPU has bf16 hardware"
     unit = info.bf16_unit
     why = f"this CPU has {unit}" if unit != "none" else "this CPU has no amx_bf16 / avx512_bf16"

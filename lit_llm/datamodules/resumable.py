@@ -37,10 +37,11 @@ class ResumableSampler(DistributedSampler):
     ``set_epoch`` at each epoch start.
 
     With ``lengths`` (one per example, in tokens) and ``batch_size`` (per replica) the shuffled order is grouped
-    by length, as the HF Trainer's ``group_by_length``: the epoch's permutation is cut into mega-batches of 50
-    global batches (``batch_size`` x replicas), each sorted by length, cut into global batches, and the batches
-    are shuffled. Each replica's batch then holds examples of about one length, so dynamic padding pads little,
-    and every example is still seen once an epoch in an order that is a pure function of ``(seed, epoch)``.
+    by length, as the HF Trainer's ``train_sampling_strategy="group_by_length"``: the epoch's permutation is cut
+    into mega-batches of 50 global batches (``batch_size`` x replicas), each sorted by length, cut into global
+    batches, and the batches are shuffled. Each replica's batch then holds examples of about one length, so
+    dynamic padding pads little, and every example is still seen once an epoch in an order that is a pure
+    function of ``(seed, epoch)``.
     (transformers' ``LengthGroupedSampler`` groups the same way but is neither resumable nor shardable here:
     Lightning would wrap it and re-shard its list, and it draws from the global RNG without a seed.)
     """

@@ -99,9 +99,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         batch_size: training micro-batch per device.
         eval_batch_size: batch for validation / test / predict (default: 2 x batch_size).
         num_workers: dataloader workers.
-        group_by_length: group training batches by length (as the HF Trainer's ``group_by_length``), so dynamic
-            padding pads little; the order is still shuffled, seeded and resumable (see
-            :class:`~lit_llm.datamodules.ResumableSampler`).
+        group_by_length: group training batches by length (as the HF Trainer's
+            ``train_sampling_strategy="group_by_length"``), so dynamic padding pads little; the order is still
+            shuffled, seeded and resumable (see :class:`~lit_llm.datamodules.ResumableSampler`).
         augmentation: on-the-fly edits of training texts; None for none.
 
     Raises:

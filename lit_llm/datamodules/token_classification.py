@@ -138,9 +138,9 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         batch_size: training micro-batch per device.
         eval_batch_size: batch for validation / test / predict (default: 2 x batch_size).
         num_workers: dataloader workers.
-        group_by_length: group training batches by length (as the HF Trainer's ``group_by_length``), so dynamic
-            padding pads little; the order is still shuffled, seeded and resumable (see
-            :class:`~lit_llm.datamodules.ResumableSampler`).
+        group_by_length: group training batches by length (as the HF Trainer's
+            ``train_sampling_strategy="group_by_length"``), so dynamic padding pads little; the order is still
+            shuffled, seeded and resumable (see :class:`~lit_llm.datamodules.ResumableSampler`).
         seed: seed of the training shuffle (and of the augmentation).
         augmentation: on-the-fly edits of training sentences that keep the tag alignment; None for none.
 

@@ -27,8 +27,8 @@ from typing import Any
 from lit_llm.planning.presets import HARDWARE_PRESETS, HardwareSpec
 
 __all__ = [
-    "CACHE_ENV", "BF16_SPEEDUP", "CpuInfo", "parse_cpuinfo", "read_cpuinfo", "measure_matmul_tflops", "cpu_peaks",
-    "cache_path", "cpu_hardware",
+    "CACHE_ENV", "BF16_SPEEDUP", "CpuInfo", "parse_cpuinfo", "read_cpuinfo", "local_cpuinfo", "measure_matmul_tflops",
+    "cpu_peaks", "cache_path", "cpu_hardware",
 ]
 
 CACHE_ENV = "LIT_LLM_CACHE_DIR"
@@ -115,6 +115,15 @@ def read_cpuinfo(path: str | Path = "/proc/cpuinfo") -> CpuInfo:
         return parse_cpuinfo(path.read_text())
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
+
+
+def local_cpuinfo() -> CpuInfo | None:
+    """This machine's :func:`read_cpuinfo`, or None where there is no readable ``/proc/cpuinfo`` (not Linux):
+    callers then assume no bf16 hardware, the choice that is never slow."""
+    try:
+        return read_cpuinfo()
+    except ValueError:
+        return None
 
 
 def measure_matmul_tflops(

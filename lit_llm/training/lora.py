@@ -232,13 +232,10 @@ def qlora_compute_dtype(device: torch.device | str) -> str:
     """
     if torch.device(device).type != "cpu":
         return "bfloat16"
-    from lit_llm.planning.cpu import read_cpuinfo
+    from lit_llm.planning.cpu import local_cpuinfo
 
-    try:
-        unit = read_cpuinfo().bf16_unit
-    except ValueError:  # no /proc/cpuinfo (not Linux): assume no bf16 hardware, the choice that is never slow
-        unit = "none"
-    return "float32" if unit == "none" else "bfloat16"
+    info = local_cpuinfo()
+    return "float32" if info is None or info.bf16_unit == "none" else "bfloat16"
 
 
 def _linear4bit(linear: nn.Linear, device: torch.device | str, compute_dtype: str = "bfloat16") -> nn.Module:

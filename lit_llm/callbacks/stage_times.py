@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
+from typing import Any
+
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.data import extract_batch_size
 from typing_extensions import override
 
 __all__ = ["StageTimes", "process_start_time"]
@@ -60,17 +64,23 @@ class StageTimes(Callback):
     - ``test`` / ``predict``: from the end of the previous stage (or :meth:`mark_start`) to that stage's teardown,
       so the datamodule's setup for it counts.
 
-    Wall-clock seconds of this process (rank 0 prints them under ``lit-llm``), in :attr:`seconds`.
+    Wall-clock seconds of this process (rank 0 prints them under ``lit-llm``), in :attr:`seconds`. The training
+    loop's batches and samples (this process's, counted as Lightning counts a batch's size) are in
+    :attr:`train_batches` and :attr:`train_samples`, and the summary gives its samples per second: the figure to
+    set beside a plain loop's.
 
     Example::
         times = StageTimes()
         trainer = Trainer(callbacks=[times])
         trainer.fit(model, datamodule)
         times.seconds   # {"data": 3.1, "model_setup": 0.4, "training": 95.0, "validation": 8.2, "fit_end": 1.9}
+        times.summary()  # "..., training loop 95.0 s (300 batches, 9,600 samples, 101.1 samples/s), ..."
     """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.train_batches = 0
+        self.train_samples: int | None = 0  # None once a batch's size could not be read
         self._start: float | None = None
         self._since: float | None = None  # where the next test / predict stage starts counting
         self._marks: dict[str, float] = {}
@@ -106,6 +116,19 @@ class StageTimes(Callback):
         self._add("model_setup", now - self._marks.get("setup_fit", now))
 
     @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.train_batches += 1
+        if self.train_samples is not None:
+            try:
+                with warnings.catch_warnings():  # Lightning's guess at an ambiguous batch: counted, not warned about
+                    warnings.simplefilter("ignore")
+                    self.train_samples += extract_batch_size(batch)
+            except Exception:  # noqa: BLE001 - a user's batch of a shape Lightning cannot size: no sample count
+                self.train_samples = None
+
+    @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._marks["validation_start"] = time.time()
 
@@ -133,5 +156,16 @@ class StageTimes(Callback):
 
     def summary(self) -> str:
         """One line: each stage's seconds in run order, and their total."""
-        parts = [f"{STAGES[name]} {self.seconds[name]:.1f} s" for name in STAGES if name in self.seconds]
+        parts = [f"{STAGES[name]} {self.seconds[name]:.1f} s{self._loop_rate() if name == 'training' else ''}"
+                 for name in STAGES if name in self.seconds]
         return ", ".join(parts) + f" (total {sum(self.seconds.values()):.1f} s)"
+
+    def _loop_rate(self) -> str:
+        """`` (300 batches, 9,600 samples, 101.1 samples/s)`` for the training loop, or nothing without batches."""
+        if not self.train_batches:
+            return ""
+        seconds = self.seconds.get("training", 0.0)
+        if self.train_samples is None or seconds <= 0:
+            return f" ({self.train_batches:,} batches)"
+        rate = self.train_samples / seconds
+        return f" ({self.train_batches:,} batches, {self.train_samples:,} samples, {rate:.1f} samples/s)"

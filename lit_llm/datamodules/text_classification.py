@@ -102,6 +102,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         group_by_length: group training batches by length (as the HF Trainer's
             ``train_sampling_strategy="group_by_length"``), so dynamic padding pads little; the order is still
             shuffled, seeded and resumable (see :class:`~lit_llm.datamodules.ResumableSampler`).
+        sort_eval_by_length: validation and test batches of examples of about one length (the split sorted by
+            length, shortest first), so they pad little; their metrics do not depend on the order. Predict keeps
+            the file's order.
         augmentation: on-the-fly edits of training texts; None for none.
 
     Raises:
@@ -137,6 +140,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         group_by_length: bool = False,
         augmentation: TextAugmentation | None = None,
+        sort_eval_by_length: bool = False,
     ) -> None:
         super().__init__()
         if dataset_name is None and not any((train_file, validation_file, test_file, predict_file)):
@@ -175,6 +179,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
         self.group_by_length = group_by_length
+        self.sort_eval_by_length = sort_eval_by_length
         self.augmentation = augmentation
         self._labels: list[str] | None = list(labels) if labels is not None else None
         self._raw: dict[str, datasets.Dataset] = {}
@@ -414,6 +419,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             seed=self.seed,
             lengths=self._train_lengths() if split == "train" else None,
+            sort_by_length=self.sort_eval_by_length and split in ("validation", "test"),
         )
 
     def train_dataloader(self) -> DataLoader:

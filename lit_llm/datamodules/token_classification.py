@@ -141,6 +141,9 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         group_by_length: group training batches by length (as the HF Trainer's
             ``train_sampling_strategy="group_by_length"``), so dynamic padding pads little; the order is still
             shuffled, seeded and resumable (see :class:`~lit_llm.datamodules.ResumableSampler`).
+        sort_eval_by_length: validation and test batches of examples of about one length (the split sorted by
+            length, shortest first), so they pad little; their metrics do not depend on the order. Predict keeps
+            the file's order.
         seed: seed of the training shuffle (and of the augmentation).
         augmentation: on-the-fly edits of training sentences that keep the tag alignment; None for none.
 
@@ -176,6 +179,7 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         group_by_length: bool = False,
         seed: int = 42,
         augmentation: TextAugmentation | None = None,
+        sort_eval_by_length: bool = False,
     ) -> None:
         super().__init__()
         self.tag_scheme: TagScheme = check_scheme(tag_scheme)
@@ -211,6 +215,7 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = num_workers
         self.group_by_length = group_by_length
+        self.sort_eval_by_length = sort_eval_by_length
         self.seed = seed
         self.augmentation = augmentation
         self._labels: list[str] | None = list(labels) if labels is not None else None
@@ -358,7 +363,8 @@ class TokenClassificationDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         return split_loader(self.datasets, split, batch_size=batch_size, shuffle=shuffle,
                             collate_fn=_Collator(self.tokenizer), num_workers=self.num_workers, seed=self.seed,
-                            lengths=self._train_lengths() if split == "train" else None)
+                            lengths=self._train_lengths() if split == "train" else None,
+                            sort_by_length=self.sort_eval_by_length and split in ("validation", "test"))
 
     def train_dataloader(self) -> DataLoader:
         if self.augmentation is None:

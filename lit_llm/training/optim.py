@@ -17,6 +17,7 @@ from lit_llm.hf import block_index, config_size
 
 __all__ = [
     "build_optimizer",
+    "use_fused_kernel",
     "no_decay_param_groups",
     "layerwise_param_groups",
     "layer_id",
@@ -168,18 +169,66 @@ def build_optimizer(
     The factory is any callable that takes param groups, e.g. ``torch.optim.AdamW`` or
     ``functools.partial(bitsandbytes.optim.AdamW8bit, lr=1e-4)`` (what LightningCLI's ``OptimizerCallable`` gives).
     With ``layer_decay`` each group's rate is the optimizer's own ``lr`` times its depth scale.
+    A ``torch.optim.Adam`` / ``AdamW`` given neither ``fused`` nor ``foreach`` runs torch's fused kernel where
+    every parameter allows it (see :func:`use_fused_kernel`).
 
     Example::
         optimizer = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=3e-5), layer_decay=0.9)
     """
     if layer_decay is None:
-        return factory(no_decay_param_groups(model))
+        return use_fused_kernel(factory(no_decay_param_groups(model)))
     groups = layerwise_param_groups(model, lr=1.0, decay=layer_decay, weight_decay=None)
     for group in groups:
         del group["lr"]  # take the optimizer's default, then scale it below
     optimizer = factory(groups)
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * group["lr_scale"]
+    return use_fused_kernel(optimizer)
+
+
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fused_devices() -> set[str]:
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a private helper: without it, the two devices fused Adam has long supported
+        return {"cpu", "cuda"}
+    return set(_get_fused_kernels_supported_devices())
+
+
+def use_fused_kernel(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Switch a ``torch.optim.Adam`` / ``AdamW`` to torch's fused kernel when the user chose no implementation.
+
+    On a CPU torch otherwise updates the parameters one tensor at a time: for all-MiniLM-L6-v2 (22.7M
+    parameters, 2 cores) a step took 115 ms that way and 17 ms fused, a fifth of a training step. The HF
+    Trainer's default optimizer (``adamw_torch_fused``) is the same kernel. The switch is made only when
+    ``fused`` and ``foreach`` were both left unset (an explicit ``fused: false`` or ``foreach: true`` is kept),
+    the optimizer is neither ``capturable`` nor ``differentiable``, and every parameter is a plain
+    ``nn.Parameter`` (not a sharded DTensor) of a float dtype on a device with the kernel. Anything else,
+    including other optimizer classes and bitsandbytes', is returned unchanged.
+
+    Example::
+        optimizer = use_fused_kernel(torch.optim.AdamW(model.parameters(), lr=1e-4))
+        optimizer.param_groups[0]["fused"]   # True on CPU and CUDA
+    """
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return optimizer
+    defaults = optimizer.defaults
+    if any(defaults.get(key) is not None for key in ("fused", "foreach")):
+        return optimizer
+    if defaults.get("capturable") or defaults.get("differentiable"):
+        return optimizer
+    devices = _fused_devices()
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if type(param) is not nn.Parameter or param.dtype not in _FUSED_DTYPES or param.device.type not in devices:
+                return optimizer
+    for group in optimizer.param_groups:
+        group["fused"] = True
+    defaults["fused"] = True
+    # Unlike torch's fused=True constructor, not `_step_supports_amp_scaling`: a GradScaler then unscales the
+    # gradients before the step as for any optimizer, and Lightning keeps allowing gradient clipping under AMP.
     return optimizer
 
 

@@ -62,6 +62,10 @@ def test_fit_and_test_are_itemized_and_add_up(tmp_path):
     assert sum(v for k, v in times.seconds.items() if k != "startup") <= elapsed + 0.05
     line = times.summary()
     assert line.startswith("start-up ") and "data setup" in line and line.endswith(" s)")
+    # 2 epochs of 16 examples in batches of 4: the loop's batches and samples, and its rate
+    assert (times.train_batches, times.train_samples) == (8, 32)
+    rate = 32 / times.seconds["training"]
+    assert f"training loop {times.seconds['training']:.1f} s (8 batches, 32 samples, {rate:.1f} samples/s)" in line
     assert line.index("training loop") < line.index("validation") < line.index("fit end") < line.index("test")
 
 
@@ -95,3 +99,12 @@ def test_mark_start_since_counts_start_up_from_the_given_moment():
     times.mark_start()
     started = process_start_time()
     assert started is not None and times.seconds["startup"] >= time.time() - started - 1.0
+
+
+def test_a_batch_lightning_cannot_size_counts_batches_only():
+    times = StageTimes()
+    times.seconds = {"training": 4.0}
+    for _ in range(3):
+        times.on_train_batch_end(None, None, None, {"text": ["a", "b"]}, 0)  # no tensor to read a size from
+    assert (times.train_batches, times.train_samples) == (3, None)
+    assert times.summary() == "training loop 4.0 s (3 batches) (total 4.0 s)"

@@ -85,3 +85,59 @@ def test_the_augmented_training_loader_is_grouped_by_the_lengths_before_the_edit
 def test_the_main_job_groups_its_training_batches_by_length():
     config = yaml.safe_load((Path(__file__).parents[2] / "configs/finetune/minilm_rotten_tomatoes.yaml").read_text())
     assert config["data"]["init_args"]["group_by_length"] is True
+
+
+# ---------------------------------------------------------------- sort_eval_by_length
+@pytest.mark.parametrize("build, data", [(_text_dm, "ragged_csv"), (_token_dm, "ragged_conll")])
+def test_sorted_evaluation_batches_pad_far_less_and_hold_every_example_once(tiny_tokenizer_dir, build, data, request):
+    train = request.getfixturevalue(data)
+    # the whole ragged file as validation (the token datamodule's helper already takes it so)
+    extra = {"validation_file": str(train)} if build is _text_dm else {}
+    plain = build(tiny_tokenizer_dir, train, **extra)
+    dm = build(tiny_tokenizer_dir, train, sort_eval_by_length=True, **extra)
+    sorted_batches, file_batches = list(dm.val_dataloader()), list(plain.val_dataloader())
+    assert _padding_share(sorted_batches) < _padding_share(file_batches) / 4
+    lengths = [int(m.sum()) for b in sorted_batches for m in b["attention_mask"]]
+    assert lengths == sorted(lengths)  # shortest first
+    ids = lambda batches: sorted(tuple(x[m.bool()].tolist()) for b in batches  # noqa: E731
+                                 for x, m in zip(b["input_ids"], b["attention_mask"], strict=True))
+    assert ids(sorted_batches) == ids(file_batches)  # the same examples, each once
+    # the labels travel with their examples (a tagger's, padded per batch, compared on the real tokens)
+    real = lambda y, m: y[m.bool()] if y.ndim else y  # noqa: E731
+    pairs = lambda batches: sorted((tuple(x[m.bool()].tolist()), str(real(y, m).tolist()))  # noqa: E731
+                                   for b in batches for x, m, y in zip(b["input_ids"], b["attention_mask"],
+                                                                       b["labels"], strict=True))
+    assert pairs(sorted_batches) == pairs(file_batches)
+
+
+def test_predict_keeps_the_files_order_when_evaluation_is_sorted(tiny_tokenizer_dir, ragged_csv, tmp_path):
+    predict = tmp_path / "predict.csv"
+    predict.write_text(ragged_csv.read_text())
+    dm = TextClassificationDataModule(str(tiny_tokenizer_dir), predict_file=str(predict), batch_size=8,
+                                      sort_eval_by_length=True)
+    dm.setup("predict")
+    texts = [t for b in dm.predict_dataloader() for t in b["text"]]
+    assert texts == [line.rsplit(",", 1)[0] for line in ragged_csv.read_text().splitlines()[1:]]
+
+
+def test_validation_metrics_are_the_same_in_sorted_and_file_order(tiny_tokenizer_dir, tiny_bert_dir, ragged_csv):
+    import lightning.pytorch as pl
+
+    from lit_llm.modules import SequenceClassifier
+
+    results = []
+    for sort in (False, True):
+        dm = _text_dm(tiny_tokenizer_dir, ragged_csv, sort_eval_by_length=sort)
+        model = SequenceClassifier(str(tiny_bert_dir), tokenizer=str(tiny_tokenizer_dir), export=False)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             enable_checkpointing=False)
+        pl.seed_everything(0)
+        results.append(trainer.validate(model, datamodule=dm, verbose=False)[0])
+    assert results[0].keys() == results[1].keys() and "val/accuracy" in results[0]
+    for key in results[0]:
+        assert results[1][key] == pytest.approx(results[0][key], abs=1e-5), key
+
+
+def test_the_main_job_sorts_its_evaluation_batches_by_length():
+    config = yaml.safe_load((Path(__file__).parents[2] / "configs/finetune/minilm_rotten_tomatoes.yaml").read_text())
+    assert config["data"]["init_args"]["sort_eval_by_length"] is True

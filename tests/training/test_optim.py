@@ -184,3 +184,83 @@ def test_torch_compile_of_the_inner_model_trains_like_eager():
     _trainer().fit(eager, _data())
     assert isinstance(compiled.layer, torch._dynamo.eval_frame.OptimizedModule)
     torch.testing.assert_close(compiled.layer._orig_mod.weight, eager.layer.weight)
+
+
+# ------------------------------------------------------------------ fused Adam / AdamW where the user chose none
+def _tagger() -> nn.Module:
+    torch.manual_seed(0)  # embeddings, a norm and a head: decayed and undecayed groups, no degenerate gradient
+    return nn.Sequential(nn.Embedding(50, 16), nn.LayerNorm(16), nn.Linear(16, 50))
+
+
+def test_adamw_left_unconfigured_runs_the_fused_kernel_and_steps_like_the_per_tensor_loop():
+    fused_model, loop_model = _tagger(), _tagger()
+    fused = build_optimizer(fused_model, functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.1))
+    loop = torch.optim.AdamW(no_decay_param_groups(loop_model, weight_decay=0.1), lr=1e-2)
+    assert all(group["fused"] for group in fused.param_groups)
+    assert fused.defaults["fused"] is True and fused.state_dict()["param_groups"][0]["fused"] is True
+    assert loop.param_groups[0]["fused"] is None
+    x = torch.randint(0, 50, (4, 8))
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+            nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, a), (_, b) in zip(fused_model.named_parameters(), loop_model.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_kernel_with_layer_decay_keeps_each_groups_rate():
+    optimizer = build_optimizer(tiny_bert(), functools.partial(torch.optim.Adam, lr=0.1), layer_decay=0.5)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert sorted({group["lr"] for group in optimizer.param_groups}) == [0.0125, 0.025, 0.05, 0.1]
+
+
+@pytest.mark.parametrize("choice", [{"fused": False}, {"foreach": True}, {"foreach": False}])
+def test_an_explicit_implementation_choice_is_kept(choice):
+    optimizer = build_optimizer(tiny_bert(), functools.partial(torch.optim.AdamW, lr=1e-3, **choice))
+    assert not optimizer.param_groups[0]["fused"]
+    for key, value in choice.items():
+        assert optimizer.param_groups[0][key] is value
+
+
+def test_other_optimizers_and_ineligible_parameters_are_left_alone():
+    sgd = build_optimizer(tiny_bert(), functools.partial(torch.optim.SGD, lr=0.1))
+    assert not sgd.param_groups[0].get("fused")
+    # an integer-dtype parameter (as in a quantized layer) has no fused kernel: the whole optimizer stays as built
+    model = tiny_bert()
+    model.register_parameter("codes", nn.Parameter(torch.zeros(3, dtype=torch.int8), requires_grad=False))
+    adam = torch.optim.Adam([*model.parameters()], lr=1e-3)
+    assert adam.param_groups[0]["fused"] is None
+    from lit_llm.training.optim import use_fused_kernel
+
+    assert use_fused_kernel(adam).param_groups[0]["fused"] is None
+
+
+def test_fused_optimizer_state_survives_a_checkpoint_round_trip():
+    model = tiny_bert()
+    optimizer = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-2))
+    x = torch.randint(0, 50, (2, 8))
+    model(input_ids=x, labels=x).loss.backward()
+    optimizer.step()
+    state = optimizer.state_dict()
+    again = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-2))
+    again.load_state_dict(state)
+    assert again.param_groups[0]["fused"] is True
+    model(input_ids=x, labels=x).loss.backward()
+    again.step()  # a fused step on the restored state (its step counters on the parameters' device)
+
+
+class FusedUser(LinearRegression):
+    def configure_optimizers(self):
+        return build_optimizer(self, functools.partial(torch.optim.AdamW, lr=self.lr))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_the_fused_optimizer_trains_under_lightning_with_gradient_clipping(precision):
+    model = FusedUser(lr=0.01)
+    before = model.layer.weight.detach().clone()
+    trainer = _trainer(precision=precision, gradient_clip_val=0.5)
+    trainer.fit(model, _data())
+    assert trainer.optimizers[0].param_groups[0]["fused"] is True
+    assert all(n == pytest.approx(0.5, rel=1e-3) for n in model.grad_norms)  # clipped, then the fused step
+    assert not torch.equal(before, model.layer.weight)

@@ -190,6 +190,12 @@ def padding_cells(r: dict[str, Any], seed: int = 0) -> dict[str, float]:
         order = list(sampler)
         batches = [order[k : k + r["batch_size"]] for k in range(0, len(order), r["batch_size"])]
         out[name] = sum(max(lengths[i] for i in b) * len(b) for b in batches) / sum(lengths)
+    # validation at the eval batch: the file's order against lit-llm's sort_eval_by_length
+    val = [len(x["input_ids"]) for x in enc["validation"]]
+    step = r["eval_batch_size"]
+    for name, order in (("validation_file_order", val), ("validation_sorted", sorted(val))):
+        chunks = [order[k : k + step] for k in range(0, len(order), step)]
+        out[name] = sum(max(c) * len(c) for c in chunks) / sum(val)
     return out
 
 
@@ -226,15 +232,19 @@ def _lit_llm_command(config: str, overrides: list[str], work: Path, report_name:
 
 
 _LOOP = re.compile(r"training loop ([\d.]+) s \(([\d,]+) batches, ([\d,]+) samples")
+_STAGE = re.compile(r"(start-up|data setup|model setup|training loop|validation|fit end|test) ([\d.]+) s")
 
 
 def _loop_rate(stdout: str) -> dict[str, float]:
-    """The training loop's seconds and samples/s from the run summary's ``time:`` line (validation excluded)."""
-    found = _LOOP.search(stdout)
-    if not found:
-        return {}
-    seconds, samples = float(found[1]), int(found[3].replace(",", ""))
-    return {"train_loop_s": seconds, "train_samples_per_s": samples / seconds}
+    """From the run summary's ``time:`` line: each stage's seconds (``stage_<name>_s``), and the training loop's
+    seconds and samples/s (validation excluded)."""
+    line = next((x for x in reversed(stdout.splitlines()) if x.startswith("time:")), "")
+    out = {f"stage_{name.replace(' ', '_').replace('-', '')}_s": float(sec) for name, sec in _STAGE.findall(line)}
+    found = _LOOP.search(line)
+    if found:
+        seconds, samples = float(found[1]), int(found[3].replace(",", ""))
+        out |= {"train_loop_s": seconds, "train_samples_per_s": samples / seconds}
+    return out
 
 
 def run_cls_hf_trainer(r: dict[str, Any], work: Path, defaults: bool = False) -> dict[str, Any]:
@@ -695,11 +705,22 @@ def write_report(out: Path, stem: str, result: dict[str, Any]) -> Path:
             for err in s.get("errors", []):
                 lines.append(f"\n{runner} failed: `{err.strip().splitlines()[-1][:300] if err.strip() else err}`")
         lines.append("")
+        order = ("startup", "data_setup", "model_setup", "training_loop", "validation", "fit_end", "test")
+        lit = summary.get("lit_llm", {})
+        stages = {f"stage_{n}_s": lit[f"stage_{n}_s"]["median"] for n in order if f"stage_{n}_s" in lit}
+        if stages:
+            lines += ["lit-llm's wall time by stage, from its run summary (median seconds): " + ", ".join(
+                f"{k.removeprefix('stage_').removesuffix('_s').replace('_', ' ')} {v:.1f}" for k, v in stages.items()
+            ) + ".", ""]
         if task == "classification" and "padding_cells_per_token" in result:
             pad = result["padding_cells_per_token"]
             lines += [f"Training batch cells (batch x padded length) per real token in an epoch: "
                       f"{pad['random_batches']:.3f} with random batches, {pad['length_grouped']:.3f} grouped by "
-                      "length.", ""]
+                      "length."]
+            if "validation_sorted" in pad:
+                lines += [f"Validation batch cells per real token: {pad['validation_file_order']:.3f} in the file's "
+                          f"order, {pad['validation_sorted']:.3f} sorted by length (`sort_eval_by_length`)."]
+            lines.append("")
         for text in result["verdicts"].get(task, []):
             lines.append(f"- {text}")
         lines.append("")

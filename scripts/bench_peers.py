@@ -451,11 +451,13 @@ def run_ner_hf_trainer(r: dict[str, Any], work: Path) -> dict[str, Any]:
         save_steps=every, save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="f1",
         report_to=[], logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=r["seed"],
         dataloader_num_workers=0, train_sampling_strategy="group_by_length" if r["group_by_length"] else "random",
+        bf16=r["precision"].startswith("bf16"),
     )
     trainer = Trainer(model=model, args=args, train_dataset=features["train"], eval_dataset=features["validation"],
                       data_collator=DataCollatorForTokenClassification(tok), compute_metrics=metrics,
                       callbacks=[EarlyStoppingCallback(early_stopping_patience=r["patience"])])
     trainer.train()
+    trainer.compute_metrics = None  # its metrics read the validation rows; the test rows are scored below
     logits = trainer.predict(features["test"]).predictions
     tags = _ner_predictions(enc["test"], logits, labels)
     gold = [row["gold"] for row in enc["test"]]

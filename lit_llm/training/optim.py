@@ -201,7 +201,7 @@ def use_fused_kernel(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """Switch a ``torch.optim.Adam`` / ``AdamW`` to torch's fused kernel when the user chose no implementation.
 
     On a CPU torch otherwise updates the parameters one tensor at a time: for all-MiniLM-L6-v2 (22.7M
-    parameters, 2 cores) a step took 115 ms that way and 17 ms fused, a fifth of a training step. The HF
+    parameters, 2 cores) a step took 66 ms that way and 12 ms fused (``benchmarks/optimizer_step.md``). The HF
     Trainer's default optimizer (``adamw_torch_fused``) is the same kernel. The switch is made only when
     ``fused`` and ``foreach`` were both left unset (an explicit ``fused: false`` or ``foreach: true`` is kept),
     the optimizer is neither ``capturable`` nor ``differentiable``, and every parameter is a plain

@@ -53,7 +53,7 @@ def sorted_by_length(dataset: Any) -> Any:
     """``dataset`` in order of its examples' ``input_ids`` lengths, ties in file order.
 
     For evaluation: each batch then holds examples of about one length, so dynamic padding pads little (on the
-    Rotten Tomatoes validation split at batch 128, 39k padded cells instead of 76k). Metrics that sum over the
+    Rotten Tomatoes validation split at batch 128, 39k batch cells instead of 76k). Metrics that sum over the
     split do not depend on the order. An HF ``Dataset`` is reordered with ``select`` (an index, no copy), any
     other map-style dataset through a ``Subset``.
     """

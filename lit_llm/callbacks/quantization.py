@@ -18,6 +18,7 @@ from typing_extensions import override
 from lit_llm.compression.report import (
     example_inputs,
     first_batch,
+    spread_batches,
     latency_ms,
     measure,
     task_model,
@@ -89,7 +90,7 @@ class Int8Quantization(Callback):
     Removed again at fit end, so checkpoints and exports are plain.
 
     The compression report gets ``int8_float`` and ``int8_quantized`` sections: parameters, size on disk,
-    latency at batch 1 and 32 (from the first test batch), the share of the first ``compare_batches`` test
+    latency at batch 1 and 32 (from a test batch in the middle), the share of ``compare_batches`` test
     batches' predictions (argmax of the logits) on which int8 agrees with float, and at test end the
     ``test/*`` metrics of the int8 model. For the float metric on the same data, run ``trainer.test`` once
     without this callback (our benchmark does).
@@ -101,7 +102,7 @@ class Int8Quantization(Callback):
         apply_on: ``test`` (quantize at test / predict start) or ``fit_end``.
         qat_start: start of fake-quant fine-tuning, as a fraction of the run in [0, 1) or an optimizer step
             (int); None disables QAT.
-        compare_batches: test batches used for the agreement figure (0 skips it).
+        compare_batches: test batches used for the agreement figure, spread over the test loader (0 skips it).
         report: write the report sections.
         artifact_dir: where fit end writes the int8 artifact; None: ``<default_root_dir>/export-int8``.
         export_artifact: write the artifact at fit end.
@@ -320,9 +321,7 @@ class Int8Quantization(Callback):
             return float("nan")
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         same = total = 0
-        for i, batch in enumerate(loader):
-            if i >= self.compare_batches:
-                break
+        for batch in spread_batches(loader, self.compare_batches):
             inputs = example_inputs(_to_device(batch, device), batch["input_ids"].shape[0])
             a = float_model(**inputs).logits.argmax(-1)
             b = int8_model(**inputs).logits.argmax(-1)

@@ -192,15 +192,34 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def spread_batches(loader: Any, count: int) -> Iterator[Any]:
+    """Up to ``count`` batches of ``loader`` spread evenly over it (first, last and between), in order.
+
+    Evaluation batches may be sorted by length (``sort_eval_by_length``): the first ones then hold the shortest
+    examples, so a measurement on them alone would understate latency and see only short texts.
+    """
+    try:
+        n = len(loader)
+    except TypeError:  # an iterable without a length: its first batches
+        n = count
+    picks = {round(k * (n - 1) / (count - 1)) for k in range(count)} if count > 1 else {(n - 1) // 2}
+    for i, batch in enumerate(loader):
+        if i > max(picks, default=-1):
+            return
+        if i in picks:
+            yield batch
+
+
 def first_batch(trainer: Any) -> Mapping[str, Any] | None:
-    """The first batch of the test, validation or train dataloader (whichever exists), for latency inputs."""
+    """A batch from the middle of the test, validation or train dataloader (whichever exists), for latency
+    inputs: of a typical length also when evaluation batches are sorted by length."""
     for attr in ("test_dataloaders", "val_dataloaders", "train_dataloader"):
         loaders = getattr(trainer, attr, None)
         if loaders is None:
             continue
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         try:
-            batch = next(iter(loader))
+            batch = next(spread_batches(loader, 1))
         except (StopIteration, TypeError):
             continue
         if isinstance(batch, Mapping):

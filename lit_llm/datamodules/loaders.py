@@ -57,7 +57,10 @@ def sorted_by_length(dataset: Any) -> Any:
     split do not depend on the order. An HF ``Dataset`` is reordered with ``select`` (an index, no copy), any
     other map-style dataset through a ``Subset``.
     """
-    lengths = [len(example["input_ids"]) for example in dataset]
+    if "input_ids" in (getattr(dataset, "column_names", None) or ()):
+        lengths = [len(ids) for ids in dataset["input_ids"]]  # one column, not every field of every row
+    else:
+        lengths = [len(example["input_ids"]) for example in dataset]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     if hasattr(dataset, "select"):
         return dataset.select(order)

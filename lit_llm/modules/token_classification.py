@@ -210,7 +210,10 @@ class TokenClassifier(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], stage: str, *metrics: EntityMetric) -> None:
         out = self(batch)
-        self.log(f"{stage}/loss", out.loss, on_epoch=True, sync_dist=True, batch_size=len(batch["input_ids"]))
+        # The loss is a mean over the batch's labelled tokens: weighting by them makes the epoch value the mean over
+        # the split's tokens, whatever the batches (sorted by length or not).
+        tokens = int((batch["labels"] != -100).sum())
+        self.log(f"{stage}/loss", out.loss, on_epoch=True, sync_dist=True, batch_size=max(tokens, 1))
         preds = out.logits.argmax(-1)  # (B, T) label ids
         for metric in metrics:
             metric.update(preds, batch["labels"])  # positions whose target is -100 are not scored

@@ -197,6 +197,24 @@ def _fused_devices() -> set[str]:
     return set(_get_fused_kernels_supported_devices())
 
 
+def _keep_implementation(fused: bool | None, foreach: bool | None) -> Callable[[torch.optim.Optimizer], None]:
+    """A ``load_state_dict`` post-hook: ``Optimizer.load_state_dict`` takes every group's settings from the
+    checkpoint, so a run resumed from a checkpoint of another choice (one written before the fused default, or
+    before the user set ``fused: false``) would silently change implementation. This re-applies the choice."""
+
+    def hook(optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = fused, foreach
+            if not fused:
+                continue
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if torch.is_tensor(state.get("step")):  # a fused group's step: float32 on the parameter's device
+                    state["step"] = state["step"].to(dtype=torch.float32, device=param.device)
+
+    return hook
+
+
 def use_fused_kernel(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """Switch a ``torch.optim.Adam`` / ``AdamW`` to torch's fused kernel when the user chose no implementation.
 
@@ -216,6 +234,7 @@ def use_fused_kernel(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         return optimizer
     defaults = optimizer.defaults
     if any(defaults.get(key) is not None for key in ("fused", "foreach")):
+        optimizer.register_load_state_dict_post_hook(_keep_implementation(defaults["fused"], defaults["foreach"]))
         return optimizer
     if defaults.get("capturable") or defaults.get("differentiable"):
         return optimizer
@@ -227,6 +246,7 @@ def use_fused_kernel(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     for group in optimizer.param_groups:
         group["fused"] = True
     defaults["fused"] = True
+    optimizer.register_load_state_dict_post_hook(_keep_implementation(True, None))
     # Unlike torch's fused=True constructor, not `_step_supports_amp_scaling`: a GradScaler then unscales the
     # gradients before the step as for any optimizer, and Lightning keeps allowing gradient clipping under AMP.
     return optimizer

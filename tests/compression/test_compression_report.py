@@ -49,3 +49,20 @@ def test_measure_and_report_sections(tmp_path):
     assert list(report["sections"]) == ["baseline", "int8"]
     md = (tmp_path / "compression_report.md").read_text()
     assert "| baseline | 50 |" in md and "| int8 | 50 |" in md
+
+
+def test_measurement_batches_are_spread_over_the_loader_not_its_shortest_first_batches():
+    from torch.utils.data import DataLoader
+
+    from lit_llm.compression.report import first_batch, spread_batches
+
+    loader = DataLoader(list(range(100)), batch_size=10)  # batch i holds i*10 .. i*10+9
+    firsts = lambda batches: [int(b[0]) for b in batches]  # noqa: E731
+    assert firsts(spread_batches(loader, 4)) == [0, 30, 60, 90]  # first, last and evenly between
+    assert firsts(spread_batches(loader, 1)) == [40]  # one batch: the middle one
+    assert firsts(spread_batches(loader, 20)) == list(range(0, 100, 10))  # more than there are: each once
+    assert firsts(spread_batches((b for b in loader), 2)) == [0, 10]  # no length: the first ones
+    # with evaluation sorted by length (shortest first) the latency batch is a middle one
+    trainer = type("T", (), {"test_dataloaders": DataLoader([{"input_ids": [i]} for i in range(5)], batch_size=1),
+                             "val_dataloaders": None, "train_dataloader": None})()
+    assert int(first_batch(trainer)["input_ids"][0][0]) == 2

@@ -264,3 +264,51 @@ def test_the_fused_optimizer_trains_under_lightning_with_gradient_clipping(preci
     assert trainer.optimizers[0].param_groups[0]["fused"] is True
     assert all(n == pytest.approx(0.5, rel=1e-3) for n in model.grad_norms)  # clipped, then the fused step
     assert not torch.equal(before, model.layer.weight)
+
+
+def _stepped(optimizer, model):
+    x = torch.randint(0, 50, (4, 8))
+    nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return optimizer.state_dict()
+
+
+def test_a_checkpoint_of_another_implementation_resumes_on_the_one_chosen_now():
+    model = _tagger()
+    # a checkpoint written before the fused default: torch's per-tensor loop (fused None)
+    old = _stepped(torch.optim.AdamW(no_decay_param_groups(model, 0.01), lr=1e-3), model)
+    assert old["param_groups"][0]["fused"] is None
+    resumed = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-3))
+    resumed.load_state_dict(old)
+    assert all(group["fused"] is True for group in resumed.param_groups)
+    assert all(s["step"].dtype == torch.float32 for s in resumed.state.values())
+    _stepped(resumed, model)
+    # a fused checkpoint resumed where the user now says fused: false keeps the user's choice
+    explicit = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-3, fused=False))
+    explicit.load_state_dict(resumed.state_dict())
+    assert all(group["fused"] is False for group in explicit.param_groups)
+    _stepped(explicit, model)
+
+
+def test_the_fused_step_under_a_grad_scaler_unscales_clips_and_skips_non_finite_steps():
+    model = _tagger()
+    optimizer = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x = torch.randint(0, 50, (4, 8))
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten())).backward()
+    scaler.unscale_(optimizer)  # as Lightning's AMP plugin does before clipping
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+    assert float(norm) < 100  # unscaled: the scale of 1024 is gone before clipping
+    scaler.step(optimizer)
+    scaler.update()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # an inf gradient: the scaler skips the step and the weights stay
+    after = [p.detach().clone() for p in model.parameters()]
+    optimizer.zero_grad()
+    scaler.scale(nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()) * float("inf")).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(after, model.parameters(), strict=True))
+    assert optimizer.param_groups[0]["fused"] is True

@@ -198,13 +198,16 @@ def spread_batches(loader: Any, count: int) -> Iterator[Any]:
     Evaluation batches may be sorted by length (``sort_eval_by_length``): the first ones then hold the shortest
     examples, so a measurement on them alone would understate latency and see only short texts.
     """
+    if count < 1:
+        return
     try:
         n = len(loader)
     except TypeError:  # an iterable without a length: its first batches
         n = count
     picks = {round(k * (n - 1) / (count - 1)) for k in range(count)} if count > 1 else {(n - 1) // 2}
+    last = max(picks)
     for i, batch in enumerate(loader):
-        if i > max(picks, default=-1):
+        if i > last:
             return
         if i in picks:
             yield batch

@@ -23,11 +23,12 @@ def split_loader(
     num_workers: int = 0,
     seed: int = 0,
     lengths: Sequence[int] | None = None,
-    sort_by_length: bool = False,
+    sort_eval_by_length: bool = False,
 ) -> DataLoader:
     """A loader over ``datasets[split]``; the shuffled (training) one resumes mid-epoch exactly, and groups its
     batches by length when given the examples' ``lengths`` (see :class:`~lit_llm.datamodules.ResumableSampler`).
-    An evaluation loader with ``sort_by_length`` goes through the split shortest first (:func:`sorted_by_length`).
+    With ``sort_eval_by_length`` the validation and test splits go shortest first (:func:`sorted_by_length`);
+    predict keeps the file's order.
 
     Every loader has its own seeded generator, so creating one never draws from the global RNG.
 
@@ -45,7 +46,8 @@ def split_loader(
     )
     if shuffle:
         return ResumableDataLoader(datasets[split], shuffle=True, seed=seed, lengths=lengths, **kwargs)
-    dataset = sorted_by_length(datasets[split]) if sort_by_length else datasets[split]
+    sort = sort_eval_by_length and split in ("validation", "test")
+    dataset = sorted_by_length(datasets[split]) if sort else datasets[split]
     return DataLoader(dataset, shuffle=False, **kwargs)
 
 

@@ -419,7 +419,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             seed=self.seed,
             lengths=self._train_lengths() if split == "train" else None,
-            sort_by_length=self.sort_eval_by_length and split in ("validation", "test"),
+            sort_eval_by_length=self.sort_eval_by_length,
         )
 
     def train_dataloader(self) -> DataLoader:

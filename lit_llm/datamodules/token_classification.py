@@ -364,7 +364,7 @@ class TokenClassificationDataModule(pl.LightningDataModule):
         return split_loader(self.datasets, split, batch_size=batch_size, shuffle=shuffle,
                             collate_fn=_Collator(self.tokenizer), num_workers=self.num_workers, seed=self.seed,
                             lengths=self._train_lengths() if split == "train" else None,
-                            sort_by_length=self.sort_eval_by_length and split in ("validation", "test"))
+                            sort_eval_by_length=self.sort_eval_by_length)
 
     def train_dataloader(self) -> DataLoader:
         if self.augmentation is None:

@@ -60,6 +60,7 @@ def test_measurement_batches_are_spread_over_the_loader_not_its_shortest_first_b
     firsts = lambda batches: [int(b[0]) for b in batches]  # noqa: E731
     assert firsts(spread_batches(loader, 4)) == [0, 30, 60, 90]  # first, last and evenly between
     assert firsts(spread_batches(loader, 1)) == [40]  # one batch: the middle one
+    assert firsts(spread_batches(loader, 0)) == []  # none asked, none read
     assert firsts(spread_batches(loader, 20)) == list(range(0, 100, 10))  # more than there are: each once
     assert firsts(spread_batches((b for b in loader), 2)) == [0, 10]  # no length: the first ones
     # with evaluation sorted by length (shortest first) the latency batch is a middle one

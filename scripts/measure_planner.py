@@ -14,6 +14,9 @@ step (so AdamW's states exist, as in every later step), then measures step 2:
   a cross-check (it is far above the tensor bytes for small models: code and allocator slack).
 - step time: the fastest of 5 further steps (forward, backward, optimizer step), without the profiler.
 
+The optimizer is the one a lit-llm module builds (``lit_llm.training.optim.build_optimizer``): AdamW with torch's
+fused kernel, or bitsandbytes' AdamW8bit for the 8-bit rows.
+
 The prediction is ``lit_llm.planning.estimate_memory`` / ``estimate_step_time`` with the CPU's measured fp32
 matmul peak and copy bandwidth as the hardware's numbers; the ``accelerate`` column is what
 ``accelerate estimate-memory`` counts for training (weights + grads + Adam = 16 B/param; accelerate is not
@@ -152,6 +155,22 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
+
+def _optimizer(cfg: dict[str, Any], model: Any) -> Any:
+    """The optimizer a lit-llm module would build (``build_optimizer``): AdamW, fused where torch has the kernel,
+    or bitsandbytes' AdamW8bit for an 8-bit row."""
+    import functools
+
+    import torch
+
+    from lit_llm.training.optim import build_optimizer
+
+    if cfg.get("optimizer_8bit"):
+        import bitsandbytes as bnb
+
+        return build_optimizer(model, functools.partial(bnb.optim.AdamW8bit, lr=1e-4))
+    return build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-4))
+
 def measure_one_cuda(cfg: dict[str, Any]) -> dict[str, Any]:
     """The GPU variant: peak from the caching allocator's own statistics (``max_memory_allocated``)."""
     import contextlib
@@ -162,12 +181,7 @@ def measure_one_cuda(cfg: dict[str, Any]) -> dict[str, Any]:
     model = _hf_model(cfg).cuda().train()
     if cfg.get("checkpointing"):
         model.gradient_checkpointing_enable()
-    if cfg.get("optimizer_8bit"):
-        import bitsandbytes as bnb
-
-        optimizer = bnb.optim.AdamW8bit(model.parameters(), lr=1e-4)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = _optimizer(cfg, model)
     ids = torch.randint(5, cfg["vocab"], (cfg["batch"], cfg["seq"]), device="cuda")
     labels = torch.randint(0, 2, (cfg["batch"],), device="cuda") if cfg["task"] == "classification" else ids
     mixed = cfg.get("precision", "32-true") != "32-true"
@@ -215,12 +229,7 @@ def measure_one(cfg: dict[str, Any]) -> dict[str, Any]:
     model.train()
     if cfg.get("checkpointing"):
         model.gradient_checkpointing_enable()
-    if cfg.get("optimizer_8bit"):
-        import bitsandbytes as bnb
-
-        optimizer = bnb.optim.AdamW8bit(model.parameters(), lr=1e-4)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = _optimizer(cfg, model)
     ids = torch.randint(5, cfg["vocab"], (cfg["batch"], cfg["seq"]))
     labels = torch.randint(0, 2, (cfg["batch"],)) if cfg["task"] == "classification" else ids
     batch = {"input_ids": ids, "labels": labels}

@@ -256,10 +256,10 @@ def _temporaries(
         full_grad_unit = 4 * max(params.block_unit, params.outer_unit)  # a unit's grads before reduce-scatter
     if choice.offload:
         step_temp = 0.0  # the optimizer runs on the host
-    elif choice.optimizer_8bit or not hardware.is_gpu:
-        step_temp = 2 * 4 * float(max(params.trainable))  # per-tensor update (CPU and bitsandbytes loop)
+    elif choice.optimizer_8bit:
+        step_temp = 2 * 4 * float(max(params.trainable))  # bitsandbytes updates one tensor at a time
     else:
-        step_temp = 4 * params.n_trainable / choice.shard_divisor  # foreach AdamW's sqrt buffer
+        step_temp = 0.0  # lit-llm's AdamW runs torch's fused kernel, which updates in place (no sqrt buffer)
     return _Temporaries(lm, sbv, head_loss, embed_grad, buckets, full_grad_unit, step_temp)
 
 

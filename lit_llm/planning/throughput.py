@@ -42,8 +42,8 @@ _COLLECTIVE_LATENCY_US = 30.0  # fixed cost of one NCCL collective (launch, sync
 _DDP_BUCKET_BYTES = 25 * 2**20  # DDP's default bucket_cap_mb
 _FSDP_KERNELS_PER_UNIT = 20  # flatten/unflatten, casts and copies around each unit's gather and scatter
 _KERNELS_PER_BLOCK = 60  # forward + backward kernels of one transformer block (HF eager PyTorch)
-_KERNELS_PER_TENSOR = 8  # optimizer-step kernels per parameter tensor (single-tensor AdamW loop)
-_FOREACH_KERNELS = 40  # a foreach AdamW step on GPU: a handful of multi-tensor kernels per dtype group
+_KERNELS_PER_TENSOR = 8  # optimizer-step kernels per parameter tensor (bitsandbytes' AdamW8bit loops over tensors)
+_FUSED_KERNELS = 5  # torch's fused AdamW: one multi-tensor kernel per chunk of tensors (one op call on a CPU)
 
 
 @dataclass(frozen=True)
@@ -104,10 +104,9 @@ def _memory_bound_s(
 def _kernel_overhead_s(dims: ModelDims, choice: PlanChoice, hardware: HardwareSpec) -> float:
     """Fixed per-kernel costs: the blocks' kernels per micro-batch and the optimizer's per step."""
     n_tensors = 16 * dims.num_layers + 8
-    # torch's AdamW runs foreach (multi-tensor) kernels on GPUs and loops over tensors on the CPU; bitsandbytes
-    # loops over tensors everywhere
-    per_tensor = not hardware.is_gpu or choice.optimizer_8bit
-    optim_kernels = _KERNELS_PER_TENSOR * n_tensors if per_tensor else _FOREACH_KERNELS
+    # lit-llm builds torch's AdamW with the fused kernel on CPUs and GPUs (lit_llm.training.optim.use_fused_kernel;
+    # Lightning's FSDPStrategy keeps plain parameters with use_orig_params); bitsandbytes loops over tensors
+    optim_kernels = _KERNELS_PER_TENSOR * n_tensors if choice.optimizer_8bit else _FUSED_KERNELS
     kernels = _KERNELS_PER_BLOCK * dims.num_layers * (1.25 if choice.checkpointing else 1) * choice.accumulation
     return (kernels + optim_kernels) * hardware.op_overhead_us * 1e-6
 

@@ -198,3 +198,49 @@ def test_committed_cpu_measurements_stay_within_15_percent():
                             optimizer_8bit=cfg.get("optimizer_8bit", False), micro_batch=cfg["batch"])
         predicted = estimate_memory(dims, cfg["task"], choice, cfg["seq"], CPU, attention=cfg["attention"]).peak
         assert abs(predicted / row["measured_peak_bytes"] - 1) < 0.15, cfg["name"]
+
+
+def _allocated_during(fn) -> int:
+    """The peak of tensor bytes allocated (and not freed) while ``fn`` runs, from torch's CPU allocator."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max([0] + [int(event.cpu_memory_usage) for event in prof.events() if event.cpu_memory_usage > 0])
+
+
+def test_the_optimizer_step_temporaries_are_those_of_the_optimizer_lit_llm_builds():
+    """The planner counts no step temporaries for AdamW, because lit-llm's modules build it with torch's fused
+    kernel (``build_optimizer``), which updates in place; torch's per-tensor loop, which it no longer models for
+    AdamW, allocates a buffer per tensor."""
+    import functools
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lit_llm.planning.memory import _params, _temporaries
+    from lit_llm.training.optim import build_optimizer
+
+    d = TINY_BERT
+    config = BertConfig(vocab_size=d.vocab, hidden_size=d.hidden, num_hidden_layers=d.num_layers,
+                        num_attention_heads=d.heads, intermediate_size=d.ffn, max_position_embeddings=d.max_positions)
+    model = BertForMaskedLM(config)
+    largest = max(p.numel() for p in model.parameters())
+
+    def step_bytes(optimizer: torch.optim.Optimizer) -> int:
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        optimizer.step()  # the states are created here, as in the first training step
+        return _allocated_during(optimizer.step)
+
+    built = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-4))
+    assert built.param_groups[0]["fused"] is True
+    assert step_bytes(built) < 0.01 * 4 * largest
+    assert step_bytes(torch.optim.AdamW(model.parameters(), lr=1e-4, fused=False, foreach=False)) >= 4 * largest
+
+    def planned(choice: PlanChoice) -> float:
+        return _temporaries(_params(d, "mlm", choice, 2), d, "mlm", choice, 32, CPU).step_temp
+
+    assert planned(PlanChoice()) == 0.0
+    assert planned(PlanChoice(optimizer_8bit=True)) == 8.0 * largest

@@ -82,9 +82,14 @@ def test_the_augmented_training_loader_is_grouped_by_the_lengths_before_the_edit
     assert _padding_share(_epoch_batches(loader)) < 0.1
 
 
-def test_the_main_job_groups_its_training_batches_by_length():
-    config = yaml.safe_load((Path(__file__).parents[2] / "configs/finetune/minilm_rotten_tomatoes.yaml").read_text())
+FAST_CONFIGS = ("configs/finetune/minilm_rotten_tomatoes.yaml", "configs/finetune/minilm_wnut16.yaml")
+
+
+@pytest.mark.parametrize("path", FAST_CONFIGS)
+def test_the_main_job_and_ner_group_their_training_batches_by_length_in_the_fastest_precision(path):
+    config = yaml.safe_load((Path(__file__).parents[2] / path).read_text())
     assert config["data"]["init_args"]["group_by_length"] is True
+    assert config["fastest_precision"] is True
 
 
 # ---------------------------------------------------------------- sort_eval_by_length
@@ -143,6 +148,7 @@ def test_validation_metrics_are_the_same_in_sorted_and_file_order(tiny_tokenizer
         assert results[1][key] == pytest.approx(results[0][key], abs=1e-5), key
 
 
-def test_the_main_job_sorts_its_evaluation_batches_by_length():
-    config = yaml.safe_load((Path(__file__).parents[2] / "configs/finetune/minilm_rotten_tomatoes.yaml").read_text())
+@pytest.mark.parametrize("path", FAST_CONFIGS)
+def test_the_main_job_and_ner_sort_their_evaluation_batches_by_length(path):
+    config = yaml.safe_load((Path(__file__).parents[2] / path).read_text())
     assert config["data"]["init_args"]["sort_eval_by_length"] is True

@@ -155,7 +155,6 @@ def _rss_kib(field: str) -> int:
     return 0
 
 
-
 def _optimizer(cfg: dict[str, Any], model: Any) -> Any:
     """The optimizer a lit-llm module would build (``build_optimizer``): AdamW, fused where torch has the kernel,
     or bitsandbytes' AdamW8bit for an 8-bit row."""
@@ -170,6 +169,7 @@ def _optimizer(cfg: dict[str, Any], model: Any) -> Any:
 
         return build_optimizer(model, functools.partial(bnb.optim.AdamW8bit, lr=1e-4))
     return build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-4))
+
 
 def measure_one_cuda(cfg: dict[str, Any]) -> dict[str, Any]:
     """The GPU variant: peak from the caching allocator's own statistics (``max_memory_allocated``)."""

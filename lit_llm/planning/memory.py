@@ -257,7 +257,9 @@ def _temporaries(
     if choice.offload:
         step_temp = 0.0  # the optimizer runs on the host
     elif choice.optimizer_8bit:
-        step_temp = 2 * 4 * float(max(params.trainable))  # bitsandbytes updates one tensor at a time
+        # bitsandbytes updates one tensor at a time; on a CPU its 8-bit step allocates 20 bytes per element of the
+        # tensor it updates (measured, tests/planning/test_plan_memory.py); its CUDA kernel is not measured here
+        step_temp = (20.0 if not hardware.is_gpu else 8.0) * float(max(params.trainable))
     else:
         step_temp = 0.0  # lit-llm's AdamW runs torch's fused kernel, which updates in place (no sqrt buffer)
     return _Temporaries(lm, sbv, head_loss, embed_grad, buckets, full_grad_unit, step_temp)

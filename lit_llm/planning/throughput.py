@@ -43,7 +43,7 @@ _DDP_BUCKET_BYTES = 25 * 2**20  # DDP's default bucket_cap_mb
 _FSDP_KERNELS_PER_UNIT = 20  # flatten/unflatten, casts and copies around each unit's gather and scatter
 _KERNELS_PER_BLOCK = 60  # forward + backward kernels of one transformer block (HF eager PyTorch)
 _KERNELS_PER_TENSOR = 8  # optimizer-step kernels per parameter tensor (bitsandbytes' AdamW8bit loops over tensors)
-_FUSED_KERNELS = 5  # torch's fused AdamW: one multi-tensor kernel per chunk of tensors (one op call on a CPU)
+_FUSED_KERNELS = 5  # torch's fused AdamW: one op call on a CPU; on CUDA a launch per chunk of tensors (negligible)
 
 
 @dataclass(frozen=True)

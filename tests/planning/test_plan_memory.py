@@ -200,47 +200,90 @@ def test_committed_cpu_measurements_stay_within_15_percent():
         assert abs(predicted / row["measured_peak_bytes"] - 1) < 0.15, cfg["name"]
 
 
-def _allocated_during(fn) -> int:
-    """The peak of tensor bytes allocated (and not freed) while ``fn`` runs, from torch's CPU allocator."""
-    import torch
+
+def _peak_allocated_during(fn) -> int:
+    """The peak of live tensor bytes allocated while ``fn`` runs: the largest running total of torch's CPU
+    allocator over its allocation events (as scripts/measure_planner.py measures a step)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    return max([0] + [int(event.cpu_memory_usage) for event in prof.events() if event.cpu_memory_usage > 0])
+    totals, stack = [0], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if type(event.extra_fields).__name__ == "_ExtraFields_Allocation" and event.extra_fields.device.type == "cpu":
+            totals.append(event.extra_fields.total_allocated)
+    return max(totals)
 
 
-def test_the_optimizer_step_temporaries_are_those_of_the_optimizer_lit_llm_builds():
-    """The planner counts no step temporaries for AdamW, because lit-llm's modules build it with torch's fused
-    kernel (``build_optimizer``), which updates in place; torch's per-tensor loop, which it no longer models for
-    AdamW, allocates a buffer per tensor."""
+def _tiny_bert_mlm():
+    from transformers import BertConfig, BertForMaskedLM
+
+    d = TINY_BERT
+    return BertForMaskedLM(BertConfig(
+        vocab_size=d.vocab, hidden_size=d.hidden, num_hidden_layers=d.num_layers, num_attention_heads=d.heads,
+        intermediate_size=d.ffn, max_position_embeddings=d.max_positions))
+
+
+def _step_bytes(model, optimizer) -> int:
+    import torch
+
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()  # the states are created here, as in the first training step
+    return _peak_allocated_during(optimizer.step)
+
+
+def _planned_step_temp(choice: PlanChoice, hardware=CPU) -> float:
+    from lit_llm.planning.memory import _params, _temporaries
+
+    return _temporaries(_params(TINY_BERT, "mlm", choice, 2), TINY_BERT, "mlm", choice, 32, hardware).step_temp
+
+
+def test_lit_llm_adamw_step_allocates_nothing_and_the_planner_counts_nothing():
+    """lit-llm's modules build AdamW with torch's fused kernel (``build_optimizer``), which updates in place, so
+    the planner counts no step temporaries for it, on any strategy; torch's per-tensor loop, which the planner no
+    longer models for AdamW, keeps two buffers of the largest tensor."""
     import functools
 
     import torch
-    from transformers import BertConfig, BertForMaskedLM
 
-    from lit_llm.planning.memory import _params, _temporaries
     from lit_llm.training.optim import build_optimizer
 
-    d = TINY_BERT
-    config = BertConfig(vocab_size=d.vocab, hidden_size=d.hidden, num_hidden_layers=d.num_layers,
-                        num_attention_heads=d.heads, intermediate_size=d.ffn, max_position_embeddings=d.max_positions)
-    model = BertForMaskedLM(config)
+    model = _tiny_bert_mlm()
     largest = max(p.numel() for p in model.parameters())
-
-    def step_bytes(optimizer: torch.optim.Optimizer) -> int:
-        for p in model.parameters():
-            p.grad = torch.randn_like(p)
-        optimizer.step()  # the states are created here, as in the first training step
-        return _allocated_during(optimizer.step)
-
     built = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-4))
     assert built.param_groups[0]["fused"] is True
-    assert step_bytes(built) < 0.01 * 4 * largest
-    assert step_bytes(torch.optim.AdamW(model.parameters(), lr=1e-4, fused=False, foreach=False)) >= 4 * largest
+    assert _step_bytes(model, built) < 0.01 * 4 * largest
+    per_tensor = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=False, foreach=False)
+    assert _step_bytes(model, per_tensor) >= 2 * 4 * largest  # what the planner used to count on a CPU
+    for choice in (PlanChoice(), PlanChoice(world_size=8, devices_per_node=8),
+                   PlanChoice("fsdp-full", world_size=8, devices_per_node=8),
+                   PlanChoice("fsdp-full", world_size=8, devices_per_node=8, offload=True)):
+        for hardware in (CPU, A100):
+            assert _planned_step_temp(choice, hardware) == 0.0, (choice.label, hardware.name)
 
-    def planned(choice: PlanChoice) -> float:
-        return _temporaries(_params(d, "mlm", choice, 2), d, "mlm", choice, 32, CPU).step_temp
 
-    assert planned(PlanChoice()) == 0.0
-    assert planned(PlanChoice(optimizer_8bit=True)) == 8.0 * largest
+def test_the_planner_counts_what_a_bitsandbytes_8bit_step_allocates_on_a_cpu():
+    import functools
+
+    bnb = pytest.importorskip("bitsandbytes")
+    from lit_llm.training.optim import build_optimizer
+
+    model = _tiny_bert_mlm()
+    largest = max(p.numel() for p in model.parameters())
+    optimizer = build_optimizer(model, functools.partial(bnb.optim.AdamW8bit, lr=1e-4))
+    planned = _planned_step_temp(PlanChoice(optimizer_8bit=True))
+    assert _step_bytes(model, optimizer) == pytest.approx(planned, rel=0.05)
+
+
+def test_the_optimizer_kernel_overhead_is_the_fused_kernels_or_bitsandbytes_per_tensor_loop():
+    from lit_llm.planning import throughput
+
+    for hardware in (CPU, A100):
+        fused = throughput._kernel_overhead_s(TINY_BERT, PlanChoice(), hardware)
+        per_tensor = throughput._kernel_overhead_s(TINY_BERT, PlanChoice(optimizer_8bit=True), hardware)
+        n_tensors = 16 * TINY_BERT.num_layers + 8
+        kernels = throughput._KERNELS_PER_TENSOR * n_tensors - throughput._FUSED_KERNELS
+        assert per_tensor - fused == pytest.approx(kernels * hardware.op_overhead_us * 1e-6)

@@ -107,10 +107,11 @@ def recipe(config_path: str) -> dict[str, Any]:
 
 
 def _precision(cfg: dict[str, Any]) -> str:
-    """The config's precision as ``lit-llm fit`` resolves it (``fastest_precision: true`` picks by hardware)."""
+    """The config's precision as ``lit-llm fit`` resolves it on the CPU, where every runner runs
+    (``fastest_precision: true`` picks by hardware)."""
     from lit_llm.commands.trainer_defaults import fastest_precision
 
-    chosen = fastest_precision(cfg["trainer"].get("accelerator"))[0] if cfg.get("fastest_precision") else None
+    chosen = fastest_precision("cpu")[0] if cfg.get("fastest_precision") else None
     return str(chosen or cfg["trainer"].get("precision") or "32-true")
 
 
@@ -398,6 +399,7 @@ def run_ner_lit_llm(r: dict[str, Any], work: Path) -> dict[str, Any]:
     _, enc, _ = _ner_data(r)
     overrides = [f"--data.init_args.{s}_file={p}" for s, p in r["files"].items()] + [
         f"--trainer.max_epochs={r['epochs']}", f"--data.init_args.max_length={r['max_length']}",
+        "--trainer.accelerator=cpu",  # the config says auto; the peers run on the CPU
     ]
     return _lit_llm_command(r["config"], overrides, work, "ner_report.json", _train_tokens(enc, r),
                             lambda rep: {"entity_f1": rep["micro"]["f1"], "entity_f1_macro": rep["macro"]["f1"]})

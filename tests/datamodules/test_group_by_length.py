@@ -152,3 +152,19 @@ def test_validation_metrics_are_the_same_in_sorted_and_file_order(tiny_tokenizer
 def test_the_main_job_and_ner_sort_their_evaluation_batches_by_length(path):
     config = yaml.safe_load((Path(__file__).parents[2] / path).read_text())
     assert config["data"]["init_args"]["sort_eval_by_length"] is True
+
+
+def test_the_hf_trainers_group_by_length_also_reorders_evaluation_rows_which_the_readme_warns_of(tmp_path):
+    """README (NER): in transformers 5 the HF Trainer's ``train_sampling_strategy="group_by_length"`` also
+    shuffles the evaluation batches by length, so ``predictions[i]`` is not row ``i``; lit-llm's predict keeps the
+    file's order (tested above)."""
+    pytest.importorskip("accelerate")
+    from transformers import BertConfig, BertForTokenClassification, Trainer, TrainingArguments
+
+    model = BertForTokenClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                  num_attention_heads=2, intermediate_size=32, num_labels=3))
+    rows = [{"input_ids": [1] * (1 + (7 * i) % 23), "labels": [0] * (1 + (7 * i) % 23)} for i in range(64)]
+    args = TrainingArguments(output_dir=str(tmp_path), train_sampling_strategy="group_by_length", use_cpu=True,
+                             report_to=[], per_device_eval_batch_size=4)
+    order = list(Trainer(model=model, args=args)._get_eval_sampler(rows))
+    assert sorted(order) == list(range(64)) and order != list(range(64))

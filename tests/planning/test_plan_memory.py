@@ -275,6 +275,7 @@ def test_the_planner_counts_what_a_bitsandbytes_8bit_step_allocates_on_a_cpu():
     largest = max(p.numel() for p in model.parameters())
     optimizer = build_optimizer(model, functools.partial(bnb.optim.AdamW8bit, lr=1e-4))
     planned = _planned_step_temp(PlanChoice(optimizer_8bit=True))
+    assert planned == 20.0 * largest  # bytes per element of the largest tensor, one tensor at a time
     assert _step_bytes(model, optimizer) == pytest.approx(planned, rel=0.05)
 
 

@@ -448,10 +448,12 @@ def run_ner_hf_trainer(r: dict[str, Any], work: Path, defaults: bool = False) ->
         undone here (and checked against the labels that travel with the predictions)."""
         sampler = trainer._get_eval_sampler(features[split])
         order = list(range(len(features[split]))) if sampler is None else list(sampler)
-        assert sorted(order) == list(range(len(features[split]))), "the evaluation sampler is not a permutation"
+        if sorted(order) != list(range(len(features[split]))):
+            raise RuntimeError("the evaluation sampler is not a permutation of the rows")
         for k, row in enumerate(order):
             gold_ids = [x for x in features[split][row]["labels"] if x != -100]
-            assert [int(x) for x in label_ids[k] if x != -100] == gold_ids, "predictions out of the rows' order"
+            if [int(x) for x in label_ids[k] if x != -100] != gold_ids:
+                raise RuntimeError(f"{split} predictions out of the rows' order (prediction {k}, row {row})")
         out = [None] * len(order)
         for k, row in enumerate(order):
             out[row] = logits[k]

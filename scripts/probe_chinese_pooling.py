@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+from lit_llm.training.optim import no_decay_param_groups
+
 DATA = "data/zh/sentiment"
 BATCH, EPOCHS, LR, MAX_LENGTH, TRAIN = 32, 2, 5e-4, 128, 4000
 
@@ -87,9 +89,9 @@ def main(export: str, seeds: tuple[int, ...] = (13, 14)) -> None:
 
     def run(start: str, pooling: str, seed: int) -> None:
         model = build(start, pooling, seed)
-        groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": 0.01},
-                  {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=LR, fused=True)
+        model.train()  # from_pretrained returns a model in eval mode (dropout off); from_config one in train mode
+        # the parameter groups of a lit-llm module: no decay on biases, norms and embeddings
+        opt = torch.optim.AdamW(no_decay_param_groups(model, weight_decay=0.01), lr=LR, fused=True)
         per_epoch = (len(train) + BATCH - 1) // BATCH
         total, warm = EPOCHS * per_epoch, int(0.1 * EPOCHS * per_epoch)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -106,7 +108,7 @@ def main(export: str, seeds: tuple[int, ...] = (13, 14)) -> None:
                 sched.step()
                 opt.zero_grad()
                 step += 1
-                if step % (per_epoch // 2) == 0 or step == total:
+                if b + 1 in (per_epoch // 2, 2 * (per_epoch // 2)):  # twice an epoch, as val_check_interval: 0.5
                     best = max(best, evaluate(model))
         print(json.dumps({"start": start, "pooling": pooling, "seed": seed, "best_val_acc": round(best, 4),
                           "seconds": round(time.time() - start_time, 1)}), flush=True)

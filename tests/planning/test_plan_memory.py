@@ -208,13 +208,19 @@ def _peak_allocated_during(fn) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    totals, stack = [0], list(prof.profiler.kineto_results.experimental_event_tree())
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         event = stack.pop()
         stack.extend(event.children)
         if type(event.extra_fields).__name__ == "_ExtraFields_Allocation" and event.extra_fields.device.type == "cpu":
-            totals.append(event.extra_fields.total_allocated)
-    return max(totals)
+            events.append(event)
+    if not events:
+        return 0
+    # The running total is the process's since profiling first began (a block allocated under an earlier profiler
+    # and freed outside it stays counted): measure from the total just before this run's first event.
+    first = min(events, key=lambda e: e.start_time_ns)
+    baseline = first.extra_fields.total_allocated - first.extra_fields.alloc_size
+    return max(0, max(e.extra_fields.total_allocated for e in events) - baseline)
 
 
 def _tiny_bert_mlm():

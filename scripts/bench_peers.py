@@ -446,16 +446,15 @@ def run_ner_hf_trainer(r: dict[str, Any], work: Path, defaults: bool = False) ->
         also groups the evaluation and prediction batches by length, in an order its seeded sampler makes afresh
         for every evaluation; the entity scorer pairs each row's logits with that row's words, so the order is
         undone here (and checked against the labels that travel with the predictions)."""
-        sampler = trainer._get_eval_sampler(features[split])
-        order = list(range(len(features[split]))) if sampler is None else list(sampler)
-        if sorted(order) != list(range(len(features[split]))):
+        rows = features[split]
+        sampler = trainer._get_eval_sampler(rows)
+        order = list(range(len(rows))) if sampler is None else list(sampler)
+        if sorted(order) != list(range(len(rows))):
             raise RuntimeError("the evaluation sampler is not a permutation of the rows")
-        for k, row in enumerate(order):
-            gold_ids = [x for x in features[split][row]["labels"] if x != -100]
-            if [int(x) for x in label_ids[k] if x != -100] != gold_ids:
-                raise RuntimeError(f"{split} predictions out of the rows' order (prediction {k}, row {row})")
         out = [None] * len(order)
         for k, row in enumerate(order):
+            if [int(x) for x in label_ids[k] if x != -100] != [x for x in rows[row]["labels"] if x != -100]:
+                raise RuntimeError(f"{split} predictions out of the rows' order (prediction {k}, row {row})")
             out[row] = logits[k]
         return out
 

@@ -167,8 +167,10 @@ def _optimizer(cfg: dict[str, Any], model: Any) -> Any:
     if cfg.get("optimizer_8bit"):
         import bitsandbytes as bnb
 
-        return build_optimizer(model, functools.partial(bnb.optim.AdamW8bit, lr=1e-4))
-    return build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-4))
+        cls = bnb.optim.AdamW8bit
+    else:
+        cls = torch.optim.AdamW
+    return build_optimizer(model, functools.partial(cls, lr=1e-4))
 
 
 def measure_one_cuda(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -439,19 +441,14 @@ def _largest_time_misses(rows: list[dict[str, Any]]) -> str:
         from lit_llm.planning.cpu import read_cpuinfo
 
         share = max(r["cpu_bf16_matmul_tflops"] / r["cpu_fp32_matmul_tflops"] for r in bf16)
-        unit = read_cpuinfo().bf16_unit
+        charged = (f"bf16 autocast on a CPU whose bf16 unit is {read_cpuinfo().bf16_unit!r}: the planner charges the "
+                   "step's matmul FLOPs at the measured rate of a plain 256x256 bf16 matmul")
         if share > 1:
-            causes.append(
-                f"bf16 autocast on a CPU whose bf16 unit is {unit!r}: the planner charges the step's matmul FLOPs at "
-                f"the measured rate of a plain 256x256 bf16 matmul (up to {share:.1%} of fp32's), but the casts of "
-                "the fp32 weights and the softmax, layer norms and GELU that autocast keeps in fp32 do not speed up "
-                "with it")
+            causes.append(f"{charged} (up to {share:.1%} of fp32's), but the casts of the fp32 weights and the "
+                          "softmax, layer norms and GELU that autocast keeps in fp32 do not speed up with it")
         else:
-            causes.append(
-                f"bf16 autocast on a CPU whose bf16 unit is {unit!r}: the planner charges the step's matmul FLOPs at "
-                f"the measured rate of a plain 256x256 bf16 matmul (at most {share:.1%} of fp32), but under "
-                "autocast the step's matmuls do not all take that slow path (on such a CPU the planner recommends "
-                "fp32 anyway)")
+            causes.append(f"{charged} (at most {share:.1%} of fp32), but under autocast the step's matmuls do not "
+                          "all take that slow path (on such a CPU the planner recommends fp32 anyway)")
     if any(r["config"].get("attention") == "eager" and r["config"].get("attention_dropout") for r in misses):
         causes.append("eager attention with attention dropout (softmax and dropout over the s*s matrix cost more "
                       "than the bandwidth term charges on one core)")

@@ -18,9 +18,9 @@ from typing_extensions import override
 from lit_llm.compression.report import (
     example_inputs,
     first_batch,
-    spread_batches,
     latency_ms,
     measure,
+    spread_batches,
     task_model,
     update_report,
 )

@@ -200,7 +200,6 @@ def test_committed_cpu_measurements_stay_within_15_percent():
         assert abs(predicted / row["measured_peak_bytes"] - 1) < 0.15, cfg["name"]
 
 
-
 def _peak_allocated_during(fn) -> int:
     """The peak of live tensor bytes allocated while ``fn`` runs: the largest running total of torch's CPU
     allocator over its allocation events (as scripts/measure_planner.py measures a step)."""
@@ -224,12 +223,11 @@ def _peak_allocated_during(fn) -> int:
 
 
 def _tiny_bert_mlm():
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import AutoModelForMaskedLM
 
-    d = TINY_BERT
-    return BertForMaskedLM(BertConfig(
-        vocab_size=d.vocab, hidden_size=d.hidden, num_hidden_layers=d.num_layers, num_attention_heads=d.heads,
-        intermediate_size=d.ffn, max_position_embeddings=d.max_positions))
+    from lit_llm.hf import build_config
+
+    return AutoModelForMaskedLM.from_config(build_config(TINY_BERT.hf_config_dict()))  # the model the planner counts
 
 
 def _step_bytes(model, optimizer) -> int:

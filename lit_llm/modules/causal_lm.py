@@ -135,6 +135,15 @@ class CausalLanguageModel(pl.LightningModule):
         check_export_target(self, stage, self.export_dir, self.export)
 
     @override
+    def configure_model(self) -> None:
+        # Lightning calls this after setup(), which has built the model already. A callback that copies the module
+        # in its own setup, before ours (Lightning's WeightAveraging / EMAWeightAveraging), calls it first: build
+        # the model then, or the callback would average a module with no parameters, silently. Without a trainer
+        # (load_from_checkpoint calls this too) there is no data to build from.
+        if self.model is None and self._trainer is not None:
+            self._build(read_datamodule(self).tokenizer)
+
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         store_datamodule_tokenizer(self, checkpoint)
 

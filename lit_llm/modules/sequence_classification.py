@@ -280,6 +280,19 @@ class SequenceClassifier(pl.LightningModule):
         return self._tokenizer
 
     def setup(self, stage: str) -> None:
+        self._build_from_data()
+        check_export_target(self, stage, self.export_dir, self.export)
+
+    def configure_model(self) -> None:
+        # Lightning calls this after setup(), which has built the model already. A callback that copies the module
+        # in its own setup, before ours (Lightning's WeightAveraging / EMAWeightAveraging), calls it first: build
+        # the model then, or the callback would average a module with no parameters, silently. Without a trainer
+        # (load_from_checkpoint calls this too) there is no data to build from: the checkpoint's labels did.
+        if self.model is None and self._trainer is not None:
+            self._build_from_data()
+
+    def _build_from_data(self) -> None:
+        """Build the model from the datamodule's labels if it has none yet, else check the two agree."""
         data = read_datamodule(self)
         if self.multi_label is None:
             self.multi_label = bool(data.multi_label)
@@ -301,7 +314,6 @@ class SequenceClassifier(pl.LightningModule):
                 f"the data's labels {data.labels} differ from the model's {self.labels}: class ids would not match. "
                 f"Set the datamodule's labels to {self.labels}."
             )
-        check_export_target(self, stage, self.export_dir, self.export)
 
     def configure_optimizers(self) -> Any:
         assert self.model is not None, "setup() builds the model before the optimizer"

@@ -185,6 +185,15 @@ class TokenClassifier(pl.LightningModule):
             raise data.labels_error  # only a predict-only datamodule may not know its labels
         check_export_target(self, stage, self.export_dir, self.export)
 
+    @override
+    def configure_model(self) -> None:
+        # Lightning calls this after setup(), which has built the model already. A callback that copies the module
+        # in its own setup, before ours (Lightning's WeightAveraging / EMAWeightAveraging), calls it first: build
+        # the model then, or the callback would average a module with no parameters, silently. Without a trainer
+        # (load_from_checkpoint calls this too) there is no data to build from: the checkpoint's labels did.
+        if self.labels is None and self._trainer is not None:
+            self._build(read_datamodule(self).require_labels("TokenClassifier"))
+
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         if self._tokenizer is None:

@@ -1,6 +1,7 @@
 """Drop-in Lightning callbacks: each works on any LightningModule."""
 
 from lit_llm.callbacks.distillation import DistillationTeacher
+from lit_llm.callbacks.ema import EMA
 from lit_llm.callbacks.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
 from lit_llm.callbacks.global_batch import GlobalBatchSize
 from lit_llm.callbacks.lora import LoRA
@@ -15,6 +16,7 @@ from lit_llm.callbacks.warmup import WarmupSchedule
 
 __all__ = [
     "DistillationTeacher",
+    "EMA",
     "ExactResume",
     "NonFiniteLossError",
     "StopOnNonFiniteLoss",

@@ -81,6 +81,10 @@ init_args: {every_n_steps: 2, every_n_seconds: 0}
     "StageTimes": """
 class_path: lit_llm.callbacks.StageTimes
 """,
+    "EMA": """
+class_path: lit_llm.callbacks.EMA
+init_args: {decay: 0.5}
+""",
 }
 
 # Cases known to fail for a reason outside this suite: name -> reason (xfail, not strict). Empty when all pass.

@@ -95,6 +95,15 @@ class EMA(WeightAveraging):
                 )
 
     @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._average_model is None:
+            # validate / test / predict --ckpt_path: the checkpoint's state_dict, which the module has loaded, is the
+            # average, the model they should run; Lightning's class warns here for every such command.
+            return
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "decay": self.decay}
 

@@ -89,3 +89,23 @@ def test_a_resume_with_another_decay_says_so(tmp_path):
     with pytest.warns(UserWarning, match=r"made with decay=0\.5, this run uses decay=0\.9"):
         ema.load_state_dict({"latest_update_step": 3, "decay": 0.5})
     assert ema._latest_update_step == 3
+
+
+def test_test_from_a_checkpoint_runs_the_average_without_a_warning(tmp_path):
+    """`lit-llm test --config <a config with EMA> --ckpt_path ...`: the checkpoint's state_dict is the average."""
+    import warnings
+
+    module = UserClassifier()
+    fit = trainer(tmp_path, [EMA(decay=0.5)], max_steps=3)
+    fit.fit(module, loader())
+    fit.save_checkpoint(tmp_path / "m.ckpt")
+    average = {name: p.detach().clone() for name, p in module.named_parameters()}  # the module ends on the average
+
+    fresh = UserClassifier()
+    with warnings.catch_warnings():
+        # Lightning's WeightAveraging warns here on every test / predict
+        warnings.filterwarnings("error", message=".*WeightAveraging.*")
+        trainer(tmp_path, [EMA(decay=0.5)], limit_test_batches=1).test(fresh, loader(8), ckpt_path=tmp_path / "m.ckpt",
+                                                                       weights_only=True)
+    for name, value in fresh.named_parameters():
+        assert torch.equal(value.detach(), average[name]), name

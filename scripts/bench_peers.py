@@ -103,6 +103,8 @@ def recipe(config_path: str) -> dict[str, Any]:
         "patience": int(callbacks.get("EarlyStopping", {}).get("patience", 10**6)),
         "precision": _precision(cfg),
         "group_by_length": bool(data.get("group_by_length", False)),
+        # lit_llm.callbacks.EMA: the plain loop keeps the same average; the HF Trainer has no such option.
+        "ema_decay": float(callbacks["EMA"].get("decay", 0.999)) if "EMA" in callbacks else None,
     }
 
 
@@ -297,10 +299,12 @@ def run_cls_hf_trainer(r: dict[str, Any], work: Path, defaults: bool = False) ->
 
 def run_cls_plain(r: dict[str, Any], work: Path) -> dict[str, Any]:
     """What a user writes by hand: the same recipe, validation twice an epoch, the best state tested; batches
-    grouped by length with transformers' ``LengthGroupedSampler`` when the recipe groups them."""
+    grouped by length with transformers' ``LengthGroupedSampler`` when the recipe groups them, and the weights
+    averaged with torch's ``AveragedModel`` when the recipe has an EMA."""
     import copy
 
     import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
     from torch.utils.data import DataLoader
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
     from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -324,14 +328,18 @@ def run_cls_plain(r: dict[str, Any], work: Path) -> dict[str, Any]:
     scheduler = _linear_warmup(optimizer, total, r["warmup"])
     every = max(1, len(train) // r["evals_per_epoch"])
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=r["precision"].startswith("bf16"))
+    # The weights that are validated, kept and tested: an exponential average when the recipe has one.
+    ema = (AveragedModel(model, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(r["ema_decay"]))
+           if r.get("ema_decay") is not None else None)
+    served = ema.module if ema is not None else model
 
     def evaluate(split: str) -> tuple[float, float]:
-        model.eval()
+        served.eval()
         gold, pred = [], []
         with torch.no_grad(), autocast:
             for batch in DataLoader(enc[split], batch_size=r["eval_batch_size"], collate_fn=collate):
                 gold += batch.pop("labels").tolist()
-                pred += model(**batch).logits.argmax(-1).tolist()
+                pred += served(**batch).logits.argmax(-1).tolist()
         model.train()
         return accuracy_macro_f1(gold, pred, len(labels))
 
@@ -349,21 +357,23 @@ def run_cls_plain(r: dict[str, Any], work: Path) -> dict[str, Any]:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             if step % every == 0 or step == total:
                 eval_start = time.perf_counter()
                 acc, _ = evaluate("validation")
                 evaluating += time.perf_counter() - eval_start
                 if acc > best:
-                    best, best_state, bad = acc, copy.deepcopy(model.state_dict()), 0
+                    best, best_state, bad = acc, copy.deepcopy(served.state_dict()), 0
                 else:
                     bad += 1
         if bad >= r["patience"]:
             break
     loop_s = time.perf_counter() - loop_start - evaluating  # less the model copies of the best state: noise
-    model.load_state_dict(best_state)
+    served.load_state_dict(best_state)
     acc, f1 = evaluate("test")
-    model.save_pretrained(work / "plain_model")
+    served.save_pretrained(work / "plain_model")
     return {"accuracy": acc, "macro_f1": f1, "train_tokens": _train_tokens(enc, r), "train_loop_s": loop_s,
             "train_samples_per_s": samples / loop_s}
 

@@ -100,8 +100,9 @@ def test_load_from_checkpoint_does_not_need_data(tmp_path, tiny_bert_dir, tiny_t
 
 @pytest.mark.slow
 def test_the_cli_journey_with_ema_exports_the_average_and_resumes(tmp_path, tiny_bert_dir, sentiment_csvs):
-    """`lit-llm fit` with EMAWeightAveraging in the config: the checkpoints and the fit-end export hold the
-    average, `lit-llm export` turns them into the same model, and `--ckpt_path last` resumes."""
+    """`lit-llm fit` with lit_llm.callbacks.EMA (Lightning's EMAWeightAveraging, a faster update) in the config:
+    the checkpoints and the fit-end export hold the average, `lit-llm export` turns them into the same model, and
+    `--ckpt_path last` resumes."""
     import yaml
     from transformers import AutoModelForSequenceClassification
 
@@ -116,7 +117,7 @@ def test_the_cli_journey_with_ema_exports_the_average_and_resumes(tmp_path, tiny
             "accelerator": "cpu", "devices": 1, "max_steps": 4, "val_check_interval": 2, "limit_val_batches": 1,
             "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.5}},
+                {"class_path": "lit_llm.callbacks.EMA", "init_args": {"decay": 0.5}},
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                  "init_args": {"monitor": "val/loss", "save_top_k": 1, "save_last": True}},
             ],

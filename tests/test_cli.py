@@ -135,6 +135,15 @@ def test_every_config_parses(capsys):
         assert printed["model"]["class_path"].startswith(("lit_llm.", "lightning")), path
 
 
+def test_the_tensorboard_config_is_the_main_job_with_other_loggers():
+    main = yaml.safe_load((REPO / "configs/finetune/minilm_rotten_tomatoes.yaml").read_text())
+    tensorboard = yaml.safe_load((REPO / "configs/finetune/minilm_rotten_tomatoes_tensorboard.yaml").read_text())
+    loggers = [logger["class_path"].rsplit(".", 1)[-1] for logger in tensorboard["trainer"].pop("logger")]
+    assert loggers == ["TensorBoardLogger", "CSVLogger"]
+    main["trainer"].pop("logger")
+    assert tensorboard == main
+
+
 def test_unknown_config_key_is_an_error(tmp_path, tiny_bert_dir, sentiment_csvs, capsys):
     config = yaml.safe_load(_config(tmp_path, tiny_bert_dir, sentiment_csvs).read_text())
     config["model"]["init_args"]["learning_rat"] = 0.1

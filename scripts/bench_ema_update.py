@@ -2,9 +2,9 @@
 
 Both keep ``ema = decay * ema + (1 - decay) * weights`` in a ``torch.optim.swa_utils.AveragedModel``. Lightning's
 ``EMAWeightAveraging`` gives it ``avg_fn`` (one tensor at a time, three full-size temporaries per tensor);
-``lit_llm.callbacks.EMA`` gives it ``multi_avg_fn`` (torch's foreach ``lerp``, in place). Each round times both
-(``--updates`` updates after 2 warm-up updates) in alternating order; the table gives the median over rounds with
-min - max, and the ratio within each round.
+``lit_llm.callbacks.EMA`` gives it ``multi_avg_fn`` (torch's foreach ``lerp``, in place; integer buffers copied).
+Each round times both (``--updates`` updates after 2 warm-up updates) in alternating order; the table gives the
+median over rounds with min - max, and the ratio within each round.
 
 Usage::
     .venv/bin/python scripts/bench_ema_update.py --rounds 7 --threads 2 --out benchmarks
@@ -23,9 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lit_llm.callbacks.ema import ema_update  # noqa: E402
+
 MODEL = ROOT / "data" / "models" / "all-MiniLM-L6-v2"
 DECAY = 0.995
 
@@ -36,7 +40,7 @@ def averages(model: torch.nn.Module) -> dict[str, AveragedModel]:
         "Lightning EMAWeightAveraging (avg_fn)": AveragedModel(model, use_buffers=True,
                                                                avg_fn=get_ema_avg_fn(DECAY)),
         "lit-llm EMA (multi_avg_fn)": AveragedModel(model, use_buffers=True,
-                                                    multi_avg_fn=get_ema_multi_avg_fn(DECAY)),
+                                                    multi_avg_fn=ema_update(DECAY)),
     }
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
@@ -26,11 +29,13 @@ class EMA(WeightAveraging):
 
     Why not Lightning's class as it is: it updates the average one tensor at a time through ``avg_fn``, which
     allocates three full-size temporaries per tensor; torch's foreach ``lerp`` does the same sum in place. On
-    all-MiniLM-L6-v2 (22.7M parameters, 2 CPU cores) an update took 149 ms that way and 9.5 ms this way, against
-    a training step of about 350 ms.
+    all-MiniLM-L6-v2 (22.7M parameters, 2 CPU cores) an update took 74.7 ms that way and 9.3 ms this way, against
+    a bf16 training step of about 320 ms (``benchmarks/ema_update.md``). Integer buffers (position ids) are copied,
+    not averaged: a float average of equal integers can round down.
 
     Works on any LightningModule whose weights exist when ``configure_model`` returns (ours build them from the
-    datamodule there when they do not exist yet).
+    datamodule there when they do not exist yet), on one device or under DDP. Callbacks that change the model in
+    ``configure_model`` (``LoRA``, ``LowRankFactorization``) go before EMA in ``trainer.callbacks``.
 
     Args:
         decay: weight of the old average at each update, in [0, 1); its horizon is about ``1 / (1 - decay)`` steps
@@ -40,6 +45,11 @@ class EMA(WeightAveraging):
         update_starting_at_epoch: also update at the end of each epoch from this one on; None: never by epoch.
         device: where the average lives (``"cpu"`` keeps it off an accelerator); None: the module's device.
         use_buffers: average the buffers as well as the parameters.
+
+    Raises:
+        InvalidArgumentError: a decay outside [0, 1) or ``update_every_n_steps`` < 1; at fit start, a sharded
+            strategy (FSDP, FSDP2, DeepSpeed), a second weight-averaging callback, a module with no parameters, or a
+            model that changed after EMA copied it.
 
     Example::
         trainer = Trainer(callbacks=[EMA(decay=0.995)])
@@ -62,7 +72,7 @@ class EMA(WeightAveraging):
         if update_every_n_steps < 1:
             raise InvalidArgumentError(f"EMA(update_every_n_steps={update_every_n_steps!r}): must be >= 1.")
         # Lightning's EMAWeightAveraging passes avg_fn, and AveragedModel takes one of avg_fn and multi_avg_fn.
-        super().__init__(device=device, use_buffers=use_buffers, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        super().__init__(device=device, use_buffers=use_buffers, multi_avg_fn=ema_update(decay))
         self.update_every_n_steps = update_every_n_steps
         self.update_starting_at_step = update_starting_at_step
         self.update_starting_at_epoch = update_starting_at_epoch
@@ -81,9 +91,11 @@ class EMA(WeightAveraging):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._check_trainer(trainer)
         with warnings.catch_warnings():
-            # Lightning warns of any module with a configure_model that the average is not sharded; ours only
-            # build the unsharded HF model there, which is what the average copies.
+            # Lightning warns of any module with a configure_model that the average is not sharded: sharded
+            # strategies are refused above, and ours only build the unsharded HF model there.
             warnings.filterwarnings("ignore", message=r".*WeightAveraging doesn't support sharding model layers")
             super().setup(trainer, pl_module, stage)
         if stage == "fit" and self._average_model is not None:
@@ -94,14 +106,48 @@ class EMA(WeightAveraging):
                     "average. Build the model in __init__ or in configure_model (not in setup)."
                 )
 
+    def _check_trainer(self, trainer: pl.Trainer) -> None:
+        if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)):
+            raise InvalidArgumentError(
+                f"EMA keeps a full, unsharded copy of the model and cannot follow a sharded strategy "
+                f"({type(trainer.strategy).__name__}): train with DDP or on one device, or leave EMA out."
+            )
+        callbacks = getattr(trainer, "callbacks", [])  # a Trainer property that mypy does not see
+        averaging = [type(cb).__name__ for cb in callbacks if isinstance(cb, WeightAveraging)]
+        if len(averaging) > 1:
+            raise InvalidArgumentError(
+                f"trainer.callbacks has {len(averaging)} weight-averaging callbacks ({', '.join(averaging)}): each "
+                "puts its average in the checkpoint's state_dict, so keep one."
+            )
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A callback listed after EMA that changes the model in configure_model (LoRA, LowRankFactorization) runs
+        # after EMA copied it: the average would pair tensors of another model.
+        assert self._average_model is not None
+        copy = {name: tuple(p.shape) for name, p in self._average_model.module.named_parameters()}
+        now = {name: tuple(p.shape) for name, p in pl_module.named_parameters()}
+        if copy != now:
+            changed = sorted(set(copy) ^ set(now)) or sorted(n for n in now if copy[n] != now[n])
+            raise InvalidArgumentError(
+                f"EMA: the model changed after EMA copied it ({changed[0]}, and {len(changed) - 1} more): list EMA "
+                "after the callbacks that change the model (LoRA, LowRankFactorization) in trainer.callbacks."
+            )
+
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        if self._average_model is None:
-            # validate / test / predict --ckpt_path: the checkpoint's state_dict, which the module has loaded, is the
-            # average, the model they should run; Lightning's class warns here for every such command.
+        if self._average_model is None or trainer.state.fn != TrainerFn.FITTING:
+            # validate / test / predict --ckpt_path, also in the process that fitted: the checkpoint's state_dict,
+            # which the module has loaded, is the average, the model they should run. (Lightning's class would
+            # load the raw weights there, from current_model_state, and warns in a new process.)
             return
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._average_model = None  # the module holds the average since train end: free the copy
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -110,7 +156,28 @@ class EMA(WeightAveraging):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("decay", self.decay)
-        if saved != self.decay:
+        if saved != self.decay and self._average_model is not None:  # a resumed fit, not a test of its checkpoint
             rank_zero_warn(f"EMA: the checkpoint's average was made with decay={saved}, this run uses "
                            f"decay={self.decay}; the average goes on with {self.decay}.")
         super().load_state_dict(state_dict)
+
+
+def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
+    """An ``AveragedModel`` ``multi_avg_fn``: ``ema = decay * ema + (1 - decay) * weights`` in place on float tensors
+    (torch's foreach ``lerp``), a copy for the others (integer buffers such as position ids, which a float average
+    can round down: 3 x 0.9 + 3 x 0.1 is 2.9999998 in float32).
+
+    Example::
+        AveragedModel(model, use_buffers=True, multi_avg_fn=ema_update(0.995))
+    """
+    lerp = get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(averages: list[torch.Tensor], current: list[torch.Tensor], n_averaged: Any) -> None:
+        # AveragedModel groups the tensors by device and dtype: each call's lists hold one dtype.
+        if torch.is_floating_point(averages[0]) or torch.is_complex(averages[0]):
+            lerp(averages, current, n_averaged)
+        else:
+            torch._foreach_copy_(averages, current)
+
+    return update

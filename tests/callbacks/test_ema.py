@@ -26,18 +26,33 @@ class RecordWeights(Callback):
         self.steps.append({name: p.detach().clone() for name, p in pl_module.named_parameters()})
 
 
+class KeepAverage(Callback):
+    """The EMA's AveragedModel at train end (EMA frees it at teardown); listed after EMA."""
+
+    def __init__(self, ema: EMA) -> None:
+        self.ema = ema
+        self.average: Any = None
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.average = self.ema._average_model
+
+
 @pytest.mark.parametrize(("decay", "every"), [(0.5, 1), (0.9, 2)])
 def test_the_module_ends_with_the_exponential_average_of_its_weights(tmp_path, decay, every):
     record, ema = RecordWeights(), EMA(decay=decay, update_every_n_steps=every)
+    keep = KeepAverage(ema)
     module = UserClassifier()
-    trainer(tmp_path, [record, ema], max_steps=5).fit(module, loader())
+    trainer(tmp_path, [record, ema, keep], max_steps=5).fit(module, loader())
 
     # Steps are 0-based for update_every_n_steps: the updates follow steps 0, every, 2 * every, ...
     updates = [weights for step, weights in enumerate(record.steps) if step % every == 0]
     expected = dict(updates[0])
     for weights in updates[1:]:
         expected = {name: decay * expected[name] + (1 - decay) * weights[name] for name in expected}
-    assert int(ema._average_model.n_averaged) == len(updates)
+    assert int(keep.average.n_averaged) == len(updates)
+    # The in-place foreach update, not Lightning's per-tensor avg_fn.
+    assert keep.average.avg_fn is None and keep.average.multi_avg_fn is not None
+    assert ema._average_model is None  # freed at teardown: the module holds the average
     for name, value in module.named_parameters():
         torch.testing.assert_close(value.detach(), expected[name], rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.equal(expected[name], record.steps[-1][name]) for name in expected)
@@ -54,11 +69,12 @@ def test_validation_runs_on_the_average_and_training_on_the_raw_weights(tmp_path
             seen["train"].append(pl_module.model.classifier.weight.detach().clone())
 
     ema = EMA(decay=0.9)
+    keep = KeepAverage(ema)
     module = UserClassifier()
     # Probe after EMA: EMA swaps the average in at validation start and the raw weights back at its end.
-    trainer(tmp_path, [ema, Probe()], max_steps=4, limit_val_batches=1, val_check_interval=2).fit(
+    trainer(tmp_path, [ema, Probe(), keep], max_steps=4, limit_val_batches=1, val_check_interval=2).fit(
         module, loader(), loader(8))
-    average_at_val = ema._average_model.module.model.classifier.weight.detach()
+    average_at_val = keep.average.module.model.classifier.weight.detach()
     assert len(seen["val"]) == 2
     torch.testing.assert_close(seen["val"][-1], module.model.classifier.weight.detach())  # the end: the average
     assert not torch.equal(seen["val"][0], seen["train"][2])  # validation at step 2 did not see the raw weights
@@ -84,11 +100,21 @@ def test_bad_arguments_name_the_value(kwargs, match):
         EMA(**kwargs)
 
 
-def test_a_resume_with_another_decay_says_so(tmp_path):
-    ema = EMA(decay=0.9)
+def test_a_resume_with_another_decay_says_so_and_a_test_does_not(tmp_path):
+    import warnings
+
+    module = UserClassifier()
+    fit = trainer(tmp_path, [EMA(decay=0.5)], max_steps=2)
+    fit.fit(module, loader())
+    fit.save_checkpoint(tmp_path / "m.ckpt")
     with pytest.warns(UserWarning, match=r"made with decay=0\.5, this run uses decay=0\.9"):
-        ema.load_state_dict({"latest_update_step": 3, "decay": 0.5})
-    assert ema._latest_update_step == 3
+        trainer(tmp_path, [EMA(decay=0.9)], max_steps=3).fit(UserClassifier(), loader(),
+                                                            ckpt_path=tmp_path / "m.ckpt", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*decay=.*")
+        trainer(tmp_path, [EMA(decay=0.9)], limit_test_batches=1).test(UserClassifier(), loader(8),
+                                                                       ckpt_path=tmp_path / "m.ckpt",
+                                                                       weights_only=True)
 
 
 def test_test_from_a_checkpoint_runs_the_average_without_a_warning(tmp_path):
@@ -109,3 +135,70 @@ def test_test_from_a_checkpoint_runs_the_average_without_a_warning(tmp_path):
                                                                        weights_only=True)
     for name, value in fresh.named_parameters():
         assert torch.equal(value.detach(), average[name]), name
+
+
+def test_integer_buffers_are_copied_not_averaged(tmp_path):
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    from lit_llm.callbacks.ema import ema_update
+
+    # What torch's EMA does to equal integers: 3 * 0.9 + 3 * 0.1 is 2.9999998 in float32, stored as 2.
+    ids = [torch.arange(8)]
+    get_ema_multi_avg_fn(0.9)(ids, [torch.arange(8)], None)
+    assert not torch.equal(ids[0], torch.arange(8))
+    ids = [torch.arange(8)]
+    ema_update(0.9)(ids, [torch.arange(8)], None)
+    assert torch.equal(ids[0], torch.arange(8))
+
+    module = UserClassifier()
+    positions = module.model.bert.embeddings.position_ids.clone()
+    trainer(tmp_path, [EMA(decay=0.9)], max_steps=3, limit_val_batches=1, val_check_interval=1).fit(
+        module, loader(), loader(8))
+    assert torch.equal(module.model.bert.embeddings.position_ids, positions)
+
+
+def test_test_after_fit_on_the_best_checkpoint_runs_the_average(tmp_path):
+    """trainer.test(ckpt_path="best") in the process that fitted (lit-llm fit --test_after_fit with export off,
+    a user's own script): the module is tested on the checkpoint's average, not on its raw weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_llm.commands.export import load_checkpoint
+
+    module = UserClassifier()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/loss", save_top_k=1)
+    fit = trainer(tmp_path, [EMA(decay=0.5), checkpoint], max_steps=4, limit_val_batches=1, val_check_interval=2,
+                  enable_checkpointing=True, limit_test_batches=1)
+    fit.fit(module, loader(), loader(8))
+    fit.test(module, loader(8), ckpt_path="best", weights_only=True)
+    saved = load_checkpoint(checkpoint.best_model_path)
+    tested = module.state_dict()
+    assert any(not torch.equal(saved["state_dict"][k], saved["current_model_state"][k]) for k in tested)
+    for name, value in tested.items():
+        assert torch.equal(value, saved["state_dict"][name]), name
+
+
+def test_a_callback_that_changes_the_model_goes_before_ema(tmp_path):
+    from lit_llm.callbacks import LowRankFactorization
+
+    with pytest.raises(InvalidArgumentError, match=r"EMA: the model changed after EMA copied it .*list EMA after the "
+                                                     r"callbacks that change the model"):
+        trainer(tmp_path, [EMA(), LowRankFactorization(rank=2, report=False, export_artifact=False)],
+                max_steps=2).fit(UserClassifier(), loader())
+    module = UserClassifier()
+    keep_order = [LowRankFactorization(rank=2, report=False, export_artifact=False), EMA(decay=0.5)]
+    trainer(tmp_path, keep_order, max_steps=2).fit(module, loader())
+    assert any("LowRank" in type(m).__name__ for m in module.modules())
+
+
+def test_sharded_strategies_and_a_second_average_are_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+    ema = EMA()
+    with pytest.raises(InvalidArgumentError, match=r"cannot follow a sharded strategy \(ModelParallelStrategy\)"):
+        ema._check_trainer(SimpleNamespace(strategy=ModelParallelStrategy(), callbacks=[ema]))
+    ema._check_trainer(SimpleNamespace(strategy=DDPStrategy(), callbacks=[ema]))
+    with pytest.raises(InvalidArgumentError, match=r"2 weight-averaging callbacks \(EMA, EMAWeightAveraging\)"):
+        trainer(tmp_path, [ema, EMAWeightAveraging()], max_steps=1).fit(UserClassifier(), loader())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -47,9 +49,10 @@ class EMA(WeightAveraging):
         use_buffers: average the buffers as well as the parameters.
 
     Raises:
-        InvalidArgumentError: a decay outside [0, 1) or ``update_every_n_steps`` < 1; at fit start, a sharded
-            strategy (FSDP, FSDP2, DeepSpeed), a second weight-averaging callback, a module with no parameters, or a
-            model that changed after EMA copied it.
+        InvalidArgumentError: a decay outside [0, 1) or ``update_every_n_steps`` < 1; at fit start, a second
+            weight-averaging callback, a module with no parameters, or a model that changed after EMA copied it.
+            Under a sharded strategy (FSDP, FSDP2, DeepSpeed) EMA is off for the run, with a warning: it keeps a
+            full copy of the model.
 
     Example::
         trainer = Trainer(callbacks=[EMA(decay=0.995)])
@@ -77,9 +80,9 @@ class EMA(WeightAveraging):
         self.update_starting_at_step = update_starting_at_step
         self.update_starting_at_epoch = update_starting_at_epoch
         self.decay = decay
+        self._off = False  # True for a run under a sharded strategy
 
-    @override
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+    def _due(self, step_idx: int | None, epoch_idx: int | None) -> bool:
         # The same rule as Lightning's EMAWeightAveraging.
         if step_idx is not None:
             started = self.update_starting_at_step is None or step_idx >= self.update_starting_at_step
@@ -91,11 +94,14 @@ class EMA(WeightAveraging):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._off = False
+        if stage == "fit" and self._sharded(trainer):
+            return
         if stage == "fit":
             self._check_trainer(trainer)
-        with warnings.catch_warnings():
-            # Lightning warns of any module with a configure_model that the average is not sharded: sharded
-            # strategies are refused above, and ours only build the unsharded HF model there.
+        with warnings.catch_warnings(), _without_uncopyable_attributes(pl_module):
+            # Lightning warns of any module with a configure_model that the average is not sharded: EMA is off
+            # under sharded strategies, and ours only build the unsharded HF model there.
             warnings.filterwarnings("ignore", message=r".*WeightAveraging doesn't support sharding model layers")
             super().setup(trainer, pl_module, stage)
         if stage == "fit" and self._average_model is not None:
@@ -106,12 +112,19 @@ class EMA(WeightAveraging):
                     "average. Build the model in __init__ or in configure_model (not in setup)."
                 )
 
+    def _sharded(self, trainer: pl.Trainer) -> bool:
+        """Switch EMA off for this run under a sharded strategy, saying so: the config stays usable there."""
+        if not isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)):
+            return False
+        rank_zero_warn(
+            f"EMA is off for this run: it keeps a full, unsharded copy of the model and cannot follow a sharded "
+            f"strategy ({type(trainer.strategy).__name__}). Validation, checkpoints and the export use the raw "
+            "weights. Train with DDP or on one device to average them."
+        )
+        self._off = True
+        return True
+
     def _check_trainer(self, trainer: pl.Trainer) -> None:
-        if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)):
-            raise InvalidArgumentError(
-                f"EMA keeps a full, unsharded copy of the model and cannot follow a sharded strategy "
-                f"({type(trainer.strategy).__name__}): train with DDP or on one device, or leave EMA out."
-            )
         callbacks = getattr(trainer, "callbacks", [])  # a Trainer property that mypy does not see
         averaging = [type(cb).__name__ for cb in callbacks if isinstance(cb, WeightAveraging)]
         if len(averaging) > 1:
@@ -121,14 +134,31 @@ class EMA(WeightAveraging):
             )
 
     @override
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return not self._off and self._due(step_idx, epoch_idx)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._off:
+            super().on_train_end(trainer, pl_module)
+
+    @override
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if not self._off:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._off:
+            return
         # A callback listed after EMA that changes the model in configure_model (LoRA, LowRankFactorization) runs
         # after EMA copied it: the average would pair tensors of another model.
         assert self._average_model is not None
-        copy = {name: tuple(p.shape) for name, p in self._average_model.module.named_parameters()}
+        copied = {name: tuple(p.shape) for name, p in self._average_model.module.named_parameters()}
         now = {name: tuple(p.shape) for name, p in pl_module.named_parameters()}
-        if copy != now:
-            changed = sorted(set(copy) ^ set(now)) or sorted(n for n in now if copy[n] != now[n])
+        if copied != now:
+            changed = sorted(set(copied) ^ set(now)) or sorted(n for n in now if copied[n] != now[n])
             raise InvalidArgumentError(
                 f"EMA: the model changed after EMA copied it ({changed[0]}, and {len(changed) - 1} more): list EMA "
                 "after the callbacks that change the model (LoRA, LowRankFactorization) in trainer.callbacks."
@@ -160,6 +190,27 @@ class EMA(WeightAveraging):
             rank_zero_warn(f"EMA: the checkpoint's average was made with decay={saved}, this run uses "
                            f"decay={self.decay}; the average goes on with {self.decay}.")
         super().load_state_dict(state_dict)
+
+
+@contextlib.contextmanager
+def _without_uncopyable_attributes(module: pl.LightningModule) -> Iterator[None]:
+    """Hide, while Lightning deep-copies the module for the average, the plain attributes that cannot be copied.
+
+    The average needs only the parameters and buffers; an optimizer factory that LightningCLI builds (a
+    ``functools.partial``) can hold a lock under DDP, and deep-copying it then fails.
+    """
+    hidden = {}
+    for name, value in list(vars(module).items()):
+        if name in ("_parameters", "_buffers", "_modules", "_trainer"):
+            continue
+        try:
+            copy.deepcopy(value)
+        except Exception:  # noqa: BLE001 - any value deepcopy refuses is shared instead of copied
+            hidden[name] = vars(module).pop(name)
+    try:
+        yield
+    finally:
+        vars(module).update(hidden)
 
 
 def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:

@@ -190,15 +190,38 @@ def test_a_callback_that_changes_the_model_goes_before_ema(tmp_path):
     assert any("LowRank" in type(m).__name__ for m in module.modules())
 
 
-def test_sharded_strategies_and_a_second_average_are_refused(tmp_path):
+def test_under_a_sharded_strategy_ema_is_off_and_says_so(tmp_path):
+    """The main job's config (which has EMA) stays usable with FSDP / FSDP2: EMA steps aside, with a warning."""
     from types import SimpleNamespace
 
-    from lightning.pytorch.callbacks import EMAWeightAveraging
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
     ema = EMA()
-    with pytest.raises(InvalidArgumentError, match=r"cannot follow a sharded strategy \(ModelParallelStrategy\)"):
-        ema._check_trainer(SimpleNamespace(strategy=ModelParallelStrategy(), callbacks=[ema]))
-    ema._check_trainer(SimpleNamespace(strategy=DDPStrategy(), callbacks=[ema]))
+    assert not ema._sharded(SimpleNamespace(strategy=DDPStrategy())) and not ema._off
+    with pytest.warns(UserWarning, match=r"EMA is off for this run: .*sharded strategy \(ModelParallelStrategy\)"):
+        assert ema._sharded(SimpleNamespace(strategy=ModelParallelStrategy()))
+    assert ema._off and not ema.should_update(step_idx=0)
+    checkpoint = {"state_dict": {"w": torch.ones(1)}}
+    ema.on_save_checkpoint(None, None, checkpoint)  # type: ignore[arg-type]
+    ema.on_train_end(None, None)  # type: ignore[arg-type]
+    ema.on_fit_start(None, None)  # type: ignore[arg-type]
+    assert checkpoint == {"state_dict": {"w": torch.ones(1)}}
+
+
+def test_a_second_average_is_refused(tmp_path):
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
     with pytest.raises(InvalidArgumentError, match=r"2 weight-averaging callbacks \(EMA, EMAWeightAveraging\)"):
-        trainer(tmp_path, [ema, EMAWeightAveraging()], max_steps=1).fit(UserClassifier(), loader())
+        trainer(tmp_path, [EMA(), EMAWeightAveraging()], max_steps=1).fit(UserClassifier(), loader())
+
+
+def test_a_module_with_an_attribute_that_cannot_be_copied(tmp_path):
+    """LightningCLI's optimizer factories can hold a lock (under DDP): the average copies the network only."""
+    import threading
+
+    module = UserClassifier()
+    module.factory = threading.Lock()  # what deepcopy refuses
+    keep = KeepAverage(ema := EMA(decay=0.5))
+    trainer(tmp_path, [ema, keep], max_steps=2).fit(module, loader())
+    assert isinstance(module.factory, type(threading.Lock()))  # put back
+    assert not hasattr(keep.average.module, "factory")

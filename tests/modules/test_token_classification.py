@@ -262,6 +262,7 @@ CALLBACK_ARGS = {
     "PlainProgressBar": {"every_n_steps": 1},
     "LoRA": {"rank": 4},
     "StageTimes": {},
+    "EMA": {"decay": 0.5},
 }
 
 

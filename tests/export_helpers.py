@@ -63,3 +63,23 @@ def in_memory_logits(hf_model: torch.nn.Module, tokenizer_dir: Path, texts: list
     enc = AutoTokenizer.from_pretrained(tokenizer_dir)(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         return hf_model.eval()(**enc).logits
+
+
+def tiny_classifier_config(model_dir: Path, csvs: dict[str, Path], callbacks: list[dict], *, max_steps: int,
+                           val_check_interval: int, batch_size: int = 16) -> dict:
+    """A `lit-llm fit` config of a SequenceClassifier on the tiny model and the sentiment CSVs, as a user writes it
+    (no logger, one validation batch, AdamW at lr 0.01)."""
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "max_steps": max_steps, "val_check_interval": val_check_interval,
+            "limit_val_batches": 1, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+            "callbacks": callbacks,
+        },
+        "model": {"class_path": "lit_llm.modules.SequenceClassifier",
+                  "init_args": {"model": str(model_dir), "optimizer": {
+                      "class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}}}},
+        "data": {"class_path": "lit_llm.datamodules.TextClassificationDataModule",
+                 "init_args": {"tokenizer": str(model_dir), "train_file": str(csvs["train"]),
+                               "validation_file": str(csvs["val"]), "batch_size": batch_size}},
+    }

@@ -19,7 +19,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from export_helpers import UserClassifier, fresh_process_logits, in_memory_logits
+from export_helpers import UserClassifier, fresh_process_logits, in_memory_logits, tiny_classifier_config
 from lit_llm.cli import main
 from lit_llm.commands.export import CheckpointError, load_checkpoint, rebuild_module
 from tests.test_resume import _fit_in_process
@@ -52,21 +52,10 @@ def test_best_last_and_resumed_checkpoints_of_lit_llm_fit_export(tmp_path, tiny_
     from lit_llm.modules import SequenceClassifier
 
     config = tmp_path / "rt.yaml"
-    config.write_text(yaml.safe_dump({
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": 3, "val_check_interval": 1, "limit_val_batches": 1,
-            "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"monitor": "val/loss", "save_top_k": 1, "save_last": True}}],
-        },
-        "model": {"class_path": "lit_llm.modules.SequenceClassifier",
-                  "init_args": {"model": str(tiny_bert_dir), "optimizer": {
-                      "class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}}}},
-        "data": {"class_path": "lit_llm.datamodules.TextClassificationDataModule",
-                 "init_args": {"tokenizer": str(tiny_bert_dir), "train_file": str(sentiment_csvs["train"]),
-                               "validation_file": str(sentiment_csvs["val"]), "batch_size": 16}},
-    }))
+    config.write_text(yaml.safe_dump(tiny_classifier_config(tiny_bert_dir, sentiment_csvs, [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"monitor": "val/loss", "save_top_k": 1, "save_last": True}},
+    ], max_steps=3, val_check_interval=1)))
     first = _fit(tmp_path, config)
     checkpoints = tmp_path / "runs" / "rt" / "version_0" / "checkpoints"
     assert "loaded the best checkpoint" in first.stdout + first.stderr  # the fit-end reload, through our loader

@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from export_helpers import tiny_classifier_config
 from lit_llm.cli import main
 from lit_llm.training.lora import base_fingerprint
 
@@ -83,27 +84,14 @@ def test_fit_resume_and_pipeline_of_the_merged_model(tmp_path, encoder_dir, sent
 
     tiny_bert_dir = encoder_dir
     config = tmp_path / "rt_lora.yaml"
-    config.write_text(yaml.safe_dump({
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": 3, "val_check_interval": 2, "limit_val_batches": 1,
-            "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "callbacks": [
-                {"class_path": "lit_llm.callbacks.LoRA",
-                 "init_args": {"rank": 4, "alpha": 8, "dropout": 0.1, "export_merged": True}},
-                {"class_path": "lit_llm.callbacks.WarmupSchedule", "init_args": {"warmup": 2}},
-                {"class_path": "lit_llm.callbacks.GlobalBatchSize", "init_args": {"global_batch_size": 16}},
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"monitor": "val/loss", "save_top_k": 1, "save_last": True}},
-            ],
-        },
-        "model": {"class_path": "lit_llm.modules.SequenceClassifier",
-                  "init_args": {"model": str(tiny_bert_dir), "optimizer": {
-                      "class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}}}},
-        "data": {"class_path": "lit_llm.datamodules.TextClassificationDataModule",
-                 "init_args": {"tokenizer": str(tiny_bert_dir), "train_file": str(sentiment_csvs["train"]),
-                               "validation_file": str(sentiment_csvs["val"]), "batch_size": 8}},
-    }))
+    config.write_text(yaml.safe_dump(tiny_classifier_config(tiny_bert_dir, sentiment_csvs, [
+        {"class_path": "lit_llm.callbacks.LoRA",
+         "init_args": {"rank": 4, "alpha": 8, "dropout": 0.1, "export_merged": True}},
+        {"class_path": "lit_llm.callbacks.WarmupSchedule", "init_args": {"warmup": 2}},
+        {"class_path": "lit_llm.callbacks.GlobalBatchSize", "init_args": {"global_batch_size": 16}},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"monitor": "val/loss", "save_top_k": 1, "save_last": True}},
+    ], max_steps=3, val_check_interval=2, batch_size=8)))
     printed, logged = _fit(tmp_path, config)
     assert "of rank 4 on 12 Linear layers, head ['classifier']" in logged
     run = tmp_path / "runs" / "rt" / "version_0"

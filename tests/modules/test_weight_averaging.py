@@ -107,28 +107,16 @@ def test_the_cli_journey_with_ema_exports_the_average_and_resumes(tmp_path, tiny
     from transformers import AutoModelForSequenceClassification
 
     from lit_llm.commands.export import load_checkpoint
+    from export_helpers import tiny_classifier_config
     from tests.test_export_cli_checkpoints import _export, _fit
     from tests.test_resume import _fit_in_process
 
     config = tmp_path / "rt.yaml"
-    config.write_text(yaml.safe_dump({
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu", "devices": 1, "max_steps": 4, "val_check_interval": 2, "limit_val_batches": 1,
-            "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "callbacks": [
-                {"class_path": "lit_llm.callbacks.EMA", "init_args": {"decay": 0.5}},
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"monitor": "val/loss", "save_top_k": 1, "save_last": True}},
-            ],
-        },
-        "model": {"class_path": "lit_llm.modules.SequenceClassifier",
-                  "init_args": {"model": str(tiny_bert_dir), "optimizer": {
-                      "class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}}}},
-        "data": {"class_path": "lit_llm.datamodules.TextClassificationDataModule",
-                 "init_args": {"tokenizer": str(tiny_bert_dir), "train_file": str(sentiment_csvs["train"]),
-                               "validation_file": str(sentiment_csvs["val"]), "batch_size": 16}},
-    }))
+    config.write_text(yaml.safe_dump(tiny_classifier_config(tiny_bert_dir, sentiment_csvs, [
+        {"class_path": "lit_llm.callbacks.EMA", "init_args": {"decay": 0.5}},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"monitor": "val/loss", "save_top_k": 1, "save_last": True}},
+    ], max_steps=4, val_check_interval=2)))
     _fit(tmp_path, config)
     run = tmp_path / "runs" / "rt" / "version_0"
     (best,) = [p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]

@@ -48,11 +48,12 @@ class EMA(WeightAveraging):
         device: where the average lives (``"cpu"`` keeps it off an accelerator); None: the module's device.
         use_buffers: average the buffers as well as the parameters.
 
+    Under a sharded strategy (FSDP, FSDP2, DeepSpeed) EMA is off for the run, with a warning: it keeps a full
+    copy of the model.
+
     Raises:
         InvalidArgumentError: a decay outside [0, 1) or ``update_every_n_steps`` < 1; at fit start, a second
             weight-averaging callback, a module with no parameters, or a model that changed after EMA copied it.
-            Under a sharded strategy (FSDP, FSDP2, DeepSpeed) EMA is off for the run, with a warning: it keeps a
-            full copy of the model.
 
     Example::
         trainer = Trainer(callbacks=[EMA(decay=0.995)])
@@ -94,16 +95,23 @@ class EMA(WeightAveraging):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._off = False
+        # A fresh start for every run of this instance (a sweep reuses it; a failed fit skips teardown): a resumed
+        # fit gets its counters back from load_state_dict, which runs after setup.
+        self._off, self._average_model = False, None
+        self._latest_update_step, self._latest_update_epoch = 0, -1
         if stage == "fit" and self._sharded(trainer):
             return
         if stage == "fit":
             self._check_trainer(trainer)
-        with warnings.catch_warnings(), _without_uncopyable_attributes(pl_module):
+        with warnings.catch_warnings():
             # Lightning warns of any module with a configure_model that the average is not sharded: EMA is off
             # under sharded strategies, and ours only build the unsharded HF model there.
             warnings.filterwarnings("ignore", message=r".*WeightAveraging doesn't support sharding model layers")
-            super().setup(trainer, pl_module, stage)
+            try:
+                super().setup(trainer, pl_module, stage)
+            except TypeError:  # deepcopy refused an attribute that is not part of the network
+                with _without_uncopyable_attributes(pl_module):
+                    super().setup(trainer, pl_module, stage)
         if stage == "fit" and self._average_model is not None:
             copied = sum(1 for _ in self._average_model.module.parameters())
             if copied == 0:
@@ -139,7 +147,8 @@ class EMA(WeightAveraging):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._off:
+        # No update yet (a run shorter than update_starting_at_step): the copy is the start, not an average.
+        if not self._off and self._average_model is not None and int(self._average_model.n_averaged) > 0:
             super().on_train_end(trainer, pl_module)
 
     @override
@@ -178,6 +187,10 @@ class EMA(WeightAveraging):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._average_model = None  # the module holds the average since train end: free the copy
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._average_model = None  # teardown is not called after a failed fit
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """EMA: the average it keeps, where the average goes (validation, the module at the end), and its errors.
 
-Checkpoints, resume and 2 processes: tests/callbacks/test_conformance.py; our modules built from the data and the
-`lit-llm fit` -> export -> resume journey: tests/modules/test_weight_averaging.py."""
+Checkpoints, resume and 2 processes: tests/callbacks/test_conformance.py; the main job's config (with EMA) under
+`lit-llm fit` with DDP and with TransformerFSDP2 (EMA off): tests/test_readme.py, its scale section; our modules
+built from the data and the `lit-llm fit` -> export -> resume journey: tests/modules/test_weight_averaging.py."""
 
 from __future__ import annotations
 
@@ -225,3 +226,33 @@ def test_a_module_with_an_attribute_that_cannot_be_copied(tmp_path):
     trainer(tmp_path, [ema, keep], max_steps=2).fit(module, loader())
     assert isinstance(module.factory, type(threading.Lock()))  # put back
     assert not hasattr(keep.average.module, "factory")
+
+
+def test_one_instance_serves_several_fits_and_a_failed_fit_leaves_nothing_behind(tmp_path):
+    """A sweep or cross-validation reuses the callback: every fit averages from its own start."""
+    ema = EMA(decay=0.5)
+    keep = KeepAverage(ema)
+    trainer(tmp_path, [ema, keep], max_steps=3).fit(UserClassifier(), loader())
+    module = UserClassifier()
+    start = {name: p.detach().clone() for name, p in module.named_parameters()}
+    trainer(tmp_path, [ema, keep], max_steps=3).fit(module, loader())
+    assert int(keep.average.n_averaged) == 3
+    assert any(not torch.equal(p, start[name]) for name, p in module.named_parameters())
+
+    class Fails(UserClassifier):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if batch_idx == 1:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer(tmp_path, [ema], max_steps=3).fit(Fails(), loader())
+    assert ema._average_model is None  # no stale average for a later validate / test
+
+
+def test_a_run_that_ends_before_the_first_update_keeps_its_weights(tmp_path):
+    record = RecordWeights()
+    module = UserClassifier()
+    trainer(tmp_path, [record, EMA(update_starting_at_step=100)], max_steps=3).fit(module, loader())
+    for name, value in module.named_parameters():
+        assert torch.equal(value, record.steps[-1][name]), name  # not the copy taken at the start

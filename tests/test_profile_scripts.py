@@ -3,22 +3,12 @@ write what their benchmark pages show."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.test_gpu_check import _load
 
 
 @pytest.fixture()
@@ -31,7 +21,7 @@ def tiny_classifier_dir(tmp_path, tiny_bert_dir) -> Path:
 
 
 def test_profile_step_sums_every_operator_into_a_kind(tmp_path, tiny_classifier_dir, monkeypatch):
-    script = _script("profile_step")
+    script = _load("profile_step")
     monkeypatch.setattr(script, "MODEL", tiny_classifier_dir)
     assert script.main(["--steps", "2", "--threads", "1", "--batch", "4", "--seq", "8", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "step_profile.json").read_text())
@@ -47,7 +37,7 @@ def test_profile_step_sums_every_operator_into_a_kind(tmp_path, tiny_classifier_
 
 
 def test_the_kinds_of_operators():
-    script = _script("profile_step")
+    script = _load("profile_step")
     assert script.kind_of("aten::_fused_adamw_") == "optimizer (fused AdamW)"
     assert script.kind_of("aten::addmm") == "matmul"
     assert script.kind_of("aten::bernoulli_") == "dropout"
@@ -57,7 +47,7 @@ def test_the_kinds_of_operators():
 
 
 def test_bench_ema_update_times_both_updates(tmp_path, tiny_classifier_dir, monkeypatch):
-    script = _script("bench_ema_update")
+    script = _load("bench_ema_update")
     monkeypatch.setattr(script, "MODEL", tiny_classifier_dir)
     assert script.main(["--rounds", "2", "--updates", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "ema_update.json").read_text())
@@ -71,7 +61,7 @@ def test_the_two_ema_updates_compute_the_same_average(tiny_classifier_dir):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    script = _script("bench_ema_update")
+    script = _load("bench_ema_update")
     model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir)
     runs = script.averages(model)
     for step in range(3):

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 import contextlib
 import copy
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, WeightAveraging
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
@@ -20,7 +19,7 @@ from typing_extensions import override
 from lit_llm.errors import InvalidArgumentError
 
 
-class EMA(WeightAveraging):
+class EMA(EMAWeightAveraging):
     """Exponential moving average (EMA) of the weights: Lightning's ``EMAWeightAveraging`` with a one-kernel update.
 
     After every optimizer step the average moves toward the weights: ``ema = decay * ema + (1 - decay) * weights``
@@ -75,23 +74,15 @@ class EMA(WeightAveraging):
             )
         if update_every_n_steps < 1:
             raise InvalidArgumentError(f"EMA(update_every_n_steps={update_every_n_steps!r}): must be >= 1.")
-        # Lightning's EMAWeightAveraging passes avg_fn, and AveragedModel takes one of avg_fn and multi_avg_fn.
-        super().__init__(device=device, use_buffers=use_buffers, multi_avg_fn=ema_update(decay))
-        self.update_every_n_steps = update_every_n_steps
-        self.update_starting_at_step = update_starting_at_step
-        self.update_starting_at_epoch = update_starting_at_epoch
+        super().__init__(device=device, use_buffers=use_buffers, decay=decay,
+                         update_every_n_steps=update_every_n_steps, update_starting_at_step=update_starting_at_step,
+                         update_starting_at_epoch=update_starting_at_epoch)
+        # The AveragedModel arguments the parent keeps: its per-tensor avg_fn out (AveragedModel takes one of the
+        # two), the in-place update in.
+        del self._kwargs["avg_fn"]
+        self._kwargs["multi_avg_fn"] = ema_update(decay)
         self.decay = decay
         self._off = False  # True for a run under a sharded strategy
-
-    def _due(self, step_idx: int | None, epoch_idx: int | None) -> bool:
-        # The same rule as Lightning's EMAWeightAveraging.
-        if step_idx is not None:
-            started = self.update_starting_at_step is None or step_idx >= self.update_starting_at_step
-            if started and step_idx % self.update_every_n_steps == 0:
-                return True
-        return epoch_idx is not None and self.update_starting_at_epoch is not None and (
-            epoch_idx >= self.update_starting_at_epoch
-        )
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -143,7 +134,7 @@ class EMA(WeightAveraging):
 
     @override
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return not self._off and self._due(step_idx, epoch_idx)
+        return not self._off and super().should_update(step_idx, epoch_idx)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -176,10 +167,11 @@ class EMA(WeightAveraging):
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        if self._average_model is None or trainer.state.fn != TrainerFn.FITTING:
-            # validate / test / predict --ckpt_path, also in the process that fitted: the checkpoint's state_dict,
-            # which the module has loaded, is the average, the model they should run. (Lightning's class would
-            # load the raw weights there, from current_model_state, and warns in a new process.)
+        if self._average_model is None:
+            # validate / test / predict --ckpt_path (setup makes an average for fit only, and clears the last one):
+            # the checkpoint's state_dict, which the module has loaded, is the average, the model they should run.
+            # (Lightning's class would load the raw weights there, from current_model_state, in the process that
+            # fitted, and warns in a new one.)
             return
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
 

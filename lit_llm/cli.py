@@ -76,8 +76,9 @@ def help_text() -> str:
         "--trainer.*, --model.*, --data.*; e.g. `lit-llm fit --config configs/finetune/minilm_rotten_tomatoes.yaml`.",
         "",
         "environment:",
-        f"  {TRACEBACK_ENV + '=1':<21}print the full traceback of a user error (bad file, checkpoint, argument)",
-        f"  {'WANDB_MODE':<21}W&B mode; default offline unless you have a W&B API key",
+        f"  {TRACEBACK_ENV + '=1':<25}print the full traceback of a user error (bad file, checkpoint, argument)",
+        f"  {'WANDB_MODE':<25}W&B mode; default offline unless you have a W&B API key",
+        f"  {'LIT_LLM_MALLOC_TUNING=0':<25}on CPU, let glibc return large freed blocks to the system (slower steps)",
     ])
 
 

@@ -33,6 +33,7 @@ from lit_llm.commands.trainer_defaults import (
     add_exact_resume,
     add_plain_progress_bar,
     add_stage_times,
+    cpu_allocator,
     fastest_precision,
     use_atomic_checkpoint_io,
 )
@@ -95,6 +96,9 @@ class LitLLMCLI(LightningCLI):
         if sub is None:
             return
         cfg = self.config[sub]
+        allocator = cpu_allocator(cfg.trainer.get("accelerator"))
+        if allocator is not None:
+            rank_zero_info(allocator)
         if cfg.get("fastest_precision"):
             precision, why = fastest_precision(cfg.trainer.get("accelerator"))
             if precision is not None:

@@ -26,6 +26,8 @@ from lightning.fabric.utilities.types import _PATH as PathLike
 __all__ = [
     "PathLike",
     "destroy_process_group_at_exit",
+    "hf_attention_implementation",
+    "hf_uses_attention_interface",
     "load_distributed_checkpoint",
     "materialize_distributed_module",
     "optimizers_to_device",
@@ -108,3 +110,17 @@ def optimizers_to_device(optimizers: Any, device: torch.device) -> None:
     from lightning.fabric.utilities.optimizer import _optimizers_to_device
 
     _optimizers_to_device(optimizers, device)
+
+
+def hf_attention_implementation(model: torch.nn.Module) -> str | None:
+    """The attention an HF model runs (``"sdpa"``, ``"eager"``, ...): ``config._attn_implementation``, which
+    transformers' docs tell users to read (its setter is ``set_attn_implementation``); transformers 5.24."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
+def hf_uses_attention_interface(model: torch.nn.Module) -> bool:
+    """Whether an HF model dispatches attention through ``ALL_ATTENTION_FUNCTIONS``, so that
+    ``set_attn_implementation`` changes what runs (``PreTrainedModel._can_set_attn_implementation``, a classmethod
+    that reads the model's source; transformers 5.24)."""
+    check = getattr(model, "_can_set_attn_implementation", None)
+    return bool(check()) if callable(check) else False

@@ -32,16 +32,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "data" / "models" / "all-MiniLM-L6-v2"
 VARIANTS = {"torch": (False, False), "dropout": (True, False), "allocator": (False, True), "lit-llm": (True, True)}
 
 
-def child(variant: str, precision: str, batch: int, seq: int, steps: int, threads: int) -> dict[str, Any]:
+def child(variant: str, precision: str, batch: int, seq: int, steps: int, threads: int,
+          model_dir: Path = MODEL) -> dict[str, Any]:
     """Time ``steps`` training steps in this process, after 5 warm-up steps; step times in ms."""
     import torch
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "scripts"))
-    from profile_step import make_step
+    import profile_step
 
     from lit_llm.training.allocator import keep_freed_memory
     from lit_llm.training.dropout import use_fast_dropout
@@ -49,7 +51,8 @@ def child(variant: str, precision: str, batch: int, seq: int, steps: int, thread
     fast_dropout, allocator = VARIANTS[variant]
     torch.set_num_threads(threads)
     applied = keep_freed_memory() if allocator else False
-    model, step = make_step(precision, batch, seq, seed=0)
+    profile_step.MODEL = model_dir
+    model, step = profile_step.make_step(precision, batch, seq, seed=0)
     swapped = use_fast_dropout(model) if fast_dropout else 0
     for _ in range(5):
         step()
@@ -84,7 +87,10 @@ def render(result: dict[str, Any], command: str) -> str:
     for variant in VARIANTS:
         medians = [statistics.median(r["step_ms"]) for r in rows if r["variant"] == variant]
         ratios = [b / m for b, m in zip(base, medians)]
-        lines.append(f"| `{variant}` | {what[variant]} | {statistics.median(medians):.1f} ({min(medians):.1f} - "
+        declined = VARIANTS[variant][1] and not all(r.get("allocator_applied") for r in rows if r["variant"] == variant)
+        label = what[variant] + (" (**the allocator setting was not applied**: not glibc's malloc, or "
+                                 "LIT_LLM_MALLOC_TUNING=0)" if declined else "")
+        lines.append(f"| `{variant}` | {label} | {statistics.median(medians):.1f} ({min(medians):.1f} - "
                      f"{max(medians):.1f}) | {statistics.median(ratios):.3f} ({min(ratios):.3f} - "
                      f"{max(ratios):.3f}) |")
     return "\n".join(lines) + "\n"
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args.child, args.precision, args.batch, args.seq, args.steps, args.threads)))
         return 0
-    if not (ROOT / "data" / "models" / "all-MiniLM-L6-v2").is_dir():
+    if not MODEL.is_dir():
         print("error: data/models/all-MiniLM-L6-v2 is missing; run `make data` first", file=sys.stderr)
         return 2
     import torch

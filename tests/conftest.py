@@ -151,3 +151,15 @@ def _restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _allocator_left_alone():
+    """The CLI runs in this process (LitLLMCLI) would set glibc's allocator for the whole test process, which lives
+    far longer than a run; they get a stand-in that declines. Child processes (journeys, tests/training/
+    test_allocator.py) run the real setting."""
+    from lit_llm.training import allocator
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(allocator, "keep_freed_memory", lambda *args, **kwargs: False)
+        yield

@@ -44,3 +44,15 @@ def test_the_private_names_our_strategies_override_still_exist():
     assert callable(FSDPStrategy._setup_model)
     assert "_activation_checkpointing_kwargs" in vars(FSDPStrategy(activation_checkpointing_policy=None))
     assert hasattr(ModelParallelStrategy(), "_data_parallel_size")
+
+
+def test_the_private_transformers_names_fast_dropout_reads_still_mean_what_they_did(tiny_bert_dir):
+    """lit_llm.training.dropout switches a model's attention only where these say it is sdpa through the interface."""
+    from torch import nn
+    from transformers import AutoModel
+
+    from lit_llm.compat import hf_attention_implementation, hf_uses_attention_interface
+
+    model = AutoModel.from_pretrained(tiny_bert_dir)
+    assert hf_attention_implementation(model) == "sdpa" and hf_uses_attention_interface(model)
+    assert hf_attention_implementation(nn.Linear(2, 2)) is None and not hf_uses_attention_interface(nn.Linear(2, 2))

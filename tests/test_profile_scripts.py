@@ -4,6 +4,7 @@ write what their benchmark pages show."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,37 @@ def test_the_two_ema_updates_compute_the_same_average(tiny_classifier_dir):
     a, b = (dict(average.module.named_parameters()) for average in runs.values())
     for name in a:
         torch.testing.assert_close(a[name], b[name], msg=name)
+
+
+def test_bench_cpu_step_times_each_variant_and_pairs_the_ratios_by_round(tmp_path, tiny_bert_dir, monkeypatch):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    script = _load("bench_cpu_step")
+    # Dropout on, so that there are layers to swap (the session's tiny BERT has none).
+    model_dir = tmp_path / "with_dropout"
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2, hidden_dropout_prob=0.1
+                                                       ).save_pretrained(model_dir)
+    # The variants without the allocator setting only: it is process-wide, and this is the test process; what
+    # child() changes in the process (threads, sys.path, the profile script's model) is put back.
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "profile_step", raising=False)
+    try:
+        runs = [script.child(variant, "bf16", 4, 8, 2, 1, model_dir) for variant in ("torch", "dropout")]
+    finally:
+        torch.set_num_threads(threads)
+    assert [run["dropout_layers_swapped"] > 0 for run in runs] == [False, True]
+    assert all(len(run["step_ms"]) == 2 and not run["allocator_applied"] for run in runs)
+    fake = [{"variant": v, "step_ms": [ms, ms], "allocator_applied": v in ("allocator", "lit-llm")} for v, ms in
+            [("torch", 300.0), ("dropout", 250.0), ("allocator", 200.0), ("lit-llm", 150.0),
+             ("torch", 330.0), ("dropout", 300.0), ("allocator", 300.0), ("lit-llm", 300.0)]]
+    page = script.render({"machine": "m", "threads": 1, "torch": "t", "precision": "bf16", "batch": 4, "seq": 8,
+                          "steps": 2, "rounds": 2, "runs": fake}, "cmd")
+    # lit-llm: 300/150 = 2.0 in round 0, 330/300 = 1.1 in round 1; median 1.55.
+    assert "| `lit-llm` | both (`lit-llm fit` on CPU) | 225.0 (150.0 - 300.0) | 1.550 (1.100 - 2.000) |" in page
+    assert "not applied" not in page
+    fake[3]["allocator_applied"] = False
+    assert "| `lit-llm` | both (`lit-llm fit` on CPU) (**the allocator setting was not applied**" in script.render(
+        {"machine": "m", "threads": 1, "torch": "t", "precision": "bf16", "batch": 4, "seq": 8, "steps": 2,
+         "rounds": 2, "runs": fake}, "cmd")

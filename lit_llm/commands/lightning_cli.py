@@ -38,6 +38,7 @@ from lit_llm.commands.trainer_defaults import (
     use_atomic_checkpoint_io,
 )
 from lit_llm.commands.user_errors import validate_ckpt_path
+from lit_llm.training.allocator import release_freed_memory
 
 __all__ = ["LitLLMCLI"]
 
@@ -52,6 +53,7 @@ class LitLLMCLI(LightningCLI):
     run_dir: Path  # set before the classes are instantiated, for every subcommand
     resumed_from: Path | None = None  # the checkpoint a `fit --ckpt_path` run continues from
     _prediction_file: Path | None = None  # where `predict` writes when the config names no prediction writer
+    _allocator_tuned = False  # lit_llm.training.allocator applied for this run's CPU trainer
     # kept as a method: tests/test_resume.py calls LitLLMCLI._keep_earlier_outputs
     _keep_earlier_outputs = staticmethod(keep_earlier_outputs)
 
@@ -96,9 +98,6 @@ class LitLLMCLI(LightningCLI):
         if sub is None:
             return
         cfg = self.config[sub]
-        allocator = cpu_allocator(cfg.trainer.get("accelerator"))
-        if allocator is not None:
-            rank_zero_info(allocator)
         if cfg.get("fastest_precision"):
             precision, why = fastest_precision(cfg.trainer.get("accelerator"))
             if precision is not None:
@@ -121,6 +120,10 @@ class LitLLMCLI(LightningCLI):
         if self.resumed_from is not None:
             save_config_beside_earlier(trainer, self.run_dir)
         use_atomic_checkpoint_io(trainer)
+        allocator = cpu_allocator(trainer)
+        if allocator is not None:
+            self._allocator_tuned = True
+            rank_zero_info(allocator)
         if self._prediction_file is not None:
             trainer.callbacks.append(JsonlPredictionWriter(str(self._prediction_file)))  # type: ignore[attr-defined]
         return trainer
@@ -164,3 +167,5 @@ class LitLLMCLI(LightningCLI):
         """Print where the run's outputs are (rank 0), then finish the loggers (every rank)."""
         print_summary(self.run_dir, self.trainer, self.model)
         finish_loggers(self.trainer.loggers)
+        if self._allocator_tuned:  # a later run in this process (`lit-llm tune`'s trials) starts from a lean heap
+            release_freed_memory()

@@ -1,5 +1,6 @@
 """What ``lit-llm`` adds to every Trainer it builds, whatever the config says: plain progress lines when stdout is
-not a terminal, exact resume, and checkpoint files that a kill during a save never truncates.
+not a terminal, exact resume, checkpoint files that a kill during a save never truncates, and on CPU an allocator
+that keeps large freed blocks.
 
 Example::
     add_plain_progress_bar(cli.config_init["fit"]["trainer"])  # before the Trainer is built
@@ -26,20 +27,19 @@ __all__ = ["add_exact_resume", "add_plain_progress_bar", "cpu_allocator", "faste
            "use_atomic_checkpoint_io"]
 
 
-def cpu_allocator(accelerator: Any) -> str | None:
-    """Keep large freed blocks in the process when the run trains on the CPU; a line saying so, or None.
+def cpu_allocator(trainer: Trainer) -> str | None:
+    """Keep large freed blocks in the process when ``trainer`` runs on the CPU; a line saying so, or None.
 
     See :mod:`lit_llm.training.allocator` (13 ms a step of page faults on the main job's embedding gradient).
     """
-    import torch
+    from lightning.pytorch.accelerators import CPUAccelerator
 
     from lit_llm.training.allocator import MALLOC_TUNING_ENV, keep_freed_memory
 
-    name = str(accelerator or "auto").lower()
-    if name not in ("cpu", "auto") or (name == "auto" and torch.cuda.is_available()) or not keep_freed_memory():
+    if not isinstance(trainer.accelerator, CPUAccelerator) or not keep_freed_memory():
         return None
-    return (f"CPU allocator: freed blocks up to 1 GiB stay in the process, so steps reuse them instead of "
-            f"page-faulting them anew ({MALLOC_TUNING_ENV}=0 turns this off)")
+    return (f"CPU allocator: large freed blocks stay in the process, so steps reuse them instead of page-faulting "
+            f"them anew ({MALLOC_TUNING_ENV}=0 turns this off)")
 
 
 def fastest_precision(accelerator: Any) -> tuple[str | None, str]:

@@ -1,16 +1,21 @@
-"""Dropout that draws its masks at the CPU's integer speed: the same layer, a third of the cost.
+"""Dropout that draws its masks at the CPU's integer speed: the same layer, drawn several times faster.
 
 torch's CPU dropout draws one float Bernoulli sample per element (``bernoulli_``, about 7 ns an element on the
 2-core build machines) and then multiplies twice: in the main job's bf16 training step that was 46 ms of 317, 13%
 of the step, more than anything but the matmuls (``benchmarks/step_profile.md``). Here each element's keep/drop
 decision is read off 16 random bits (bf16 / fp16) or 31 (fp32) of torch's own generator (``random_`` on int32, two
-elements per draw in 16-bit), and the scaled mask is built with integer operations in the input's dtype: the same
-distribution, to within the drop probability's rounding to a multiple of 2**-15 (2**-31 in fp32), scaled by
-``1 / (1 - p)`` in the input's dtype as torch does. It draws from torch's default generator, so
-``seed_everything`` makes it reproducible; it is not the same random stream as torch's.
+elements per draw in 16-bit), and the scaled mask is built with integer operations in the input's dtype. The drop
+probability applied, p', is p rounded to a multiple of 2**-15 (2**-31 in fp32); kept elements are scaled by
+``1 / (1 - p')`` rounded to the input's dtype, so the mean is kept as torch's ``1 / (1 - p)`` keeps it (the two
+scales can differ by one unit in the dtype's last place). Where the rounding would move p by more than 0.1% (p
+below about 0.015 in 16-bit), torch's dropout runs instead. It draws from torch's default generator, so
+``seed_everything`` makes it reproducible, and gradient checkpointing, which restores that generator before
+recomputing, draws the same masks again; it is not the same random stream as torch's.
 
 Only CPU tensors take this path. Elsewhere (CUDA has a fused dropout kernel), under ``torch.compile`` (inductor
-generates its own) and for other dtypes, the layer is torch's ``nn.Dropout`` unchanged.
+generates its own), for other dtypes and for ``inplace=True`` layers, torch's dropout runs. ``torch.func``
+transforms (``vmap``, ``jvp``), ``torch.fx`` tracing in training mode and TorchScript (deprecated) fail on it: use
+torch's ``nn.Dropout`` there.
 
 Example::
     model = AutoModelForSequenceClassification.from_pretrained(path)
@@ -20,11 +25,15 @@ Example::
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["FastDropout", "fast_dropout", "use_fast_dropout"]
+__all__ = ["ATTENTION", "FastDropout", "fast_dropout", "sdpa_with_fast_dropout", "use_fast_dropout"]
+
+# The name under which transformers' AttentionInterface runs :func:`sdpa_with_fast_dropout`.
+ATTENTION = "lit_llm_sdpa"
 
 # dtype -> (random bits per element, the integer dtype the mask is built in)
 _LAYOUT = {torch.bfloat16: (15, torch.int16), torch.float16: (15, torch.int16), torch.float32: (31, torch.int32)}
@@ -43,7 +52,9 @@ def _usable(x: torch.Tensor, p: float) -> bool:
     if x.device.type != "cpu" or x.dtype not in _LAYOUT or torch.compiler.is_compiling():
         return False
     bits = _LAYOUT[x.dtype][0]
-    return 0.0 < p and round(p * 2**bits) < 2**bits  # p that rounds to 1 keeps nothing: torch's path
+    threshold = round(p * 2**bits)
+    # p' = threshold / 2**bits within 0.1% of p (not 0, not 1): elsewhere torch's dropout.
+    return 0 < threshold < 2**bits and abs(threshold / 2**bits - p) <= 1e-3 * p
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -91,31 +102,97 @@ def fast_dropout(x: torch.Tensor, p: float = 0.5, training: bool = True) -> torc
 
 
 class FastDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU forward is :func:`fast_dropout`; ``p`` and ``inplace`` keep their meaning.
+    """``nn.Dropout`` whose CPU forward is :func:`fast_dropout`; an ``inplace=True`` layer runs torch's dropout.
 
     Example::
         layer = FastDropout(0.1)
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or not _usable(input, self.p):
-            return super().forward(input)
+        if not self.training or self.inplace or not _usable(input, self.p):
+            return nn.functional.dropout(input, self.p, self.training, self.inplace)
         return _MaskedScale.apply(input, self.p)
+
+
+def sdpa_with_fast_dropout(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' ``sdpa`` attention, with lit-llm's dropout masks on the attention probabilities on CPU.
+
+    With dropout on, torch's CPU ``scaled_dot_product_attention`` runs its math path: ``softmax(q k^T * scale +
+    mask)``, dropout, ``@ v``. This is that path with :func:`fast_dropout`'s masks and the softmax in fp32 (as
+    transformers' eager attention). Everything else (evaluation, no dropout, other devices, grouped-query
+    attention, position biases, ...) is transformers' ``sdpa_attention_forward`` unchanged. Registered in
+    transformers' ``AttentionInterface`` as ``"lit_llm_sdpa"`` by :func:`use_fast_dropout`; the name is not saved
+    with the model (``save_pretrained`` leaves it out), so an export loads as ``sdpa``.
+
+    Shapes: query ``(B, H, Tq, D)``, key and value ``(B, H, Tk, D)``; returns ``(B, Tq, H, D)``.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plain = (not dropout or not module.training or not _usable(query, dropout) or kwargs.get("softcap") is not None
+             or kwargs.get("position_bias") is not None or kwargs.get("output_attentions", False)
+             or getattr(module, "num_key_value_groups", 1) > 1 or key.shape[:2] != query.shape[:2])
+    if plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    q_length, kv_length = query.shape[-2], key.shape[-2]
+    # transformers' rule for SDPA's causal flag: a causal module, no explicit mask, more than one query.
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if q_length > 1 and attention_mask is None and causal:
+        # SDPA's is_causal is upper-left aligned
+        attention_mask = torch.ones(q_length, kv_length, dtype=torch.bool, device=query.device).tril()
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:  # True = attend
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    probs = _MaskedScale.apply(probs, dropout)
+    out = torch.matmul(probs, value)  # (B, H, Tq, D)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@functools.cache
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, sdpa_with_fast_dropout)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the same masks as "sdpa"
 
 
 def use_fast_dropout(model: nn.Module) -> int:
     """Turn every plain ``nn.Dropout`` of ``model`` into :class:`FastDropout`, in place; returns how many.
 
     The layers keep their object, ``p`` and place, so hooks, ``state_dict`` (dropout has none) and
-    ``save_pretrained`` are unchanged; subclasses of ``nn.Dropout`` are left alone. Attention-probability dropout
-    that a model does inside ``scaled_dot_product_attention`` is not a layer call and keeps torch's kernel.
+    ``save_pretrained`` are unchanged; subclasses of ``nn.Dropout`` are left alone. The count includes layers a
+    model holds but does not call (BERT's attention-probability dropout layer, whose ``p`` its attention function
+    reads). An HF model that runs ``sdpa`` attention through transformers' ``AttentionInterface`` (BERT, GPT-2,
+    Llama, ...) is switched to :func:`sdpa_with_fast_dropout`, so its attention-probability dropout takes the same
+    masks; other attention is left as it is.
 
     Example::
         n = use_fast_dropout(model)
     """
+    from lit_llm.compat import hf_attention_implementation, hf_uses_attention_interface
+
     swapped = 0
     for module in model.modules():
         if type(module) is nn.Dropout:
             module.__class__ = FastDropout
             swapped += 1
+    if hf_attention_implementation(model) == "sdpa" and hf_uses_attention_interface(model):
+        _register_attention()
+        model.set_attn_implementation(ATTENTION)  # type: ignore[operator]
     return swapped

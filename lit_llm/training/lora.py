@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_llm.errors import InvalidArgumentError, UserInputError
 from lit_llm.compression.low_rank import DEFAULT_PATTERNS
+from lit_llm.errors import InvalidArgumentError, UserInputError
+from lit_llm.training.dropout import use_fast_dropout
 
 __all__ = [
     "ADAPTER_NAME",
@@ -328,6 +329,9 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(False)
     inject_adapter_in_model(spec.peft_config(), model, adapter_name=ADAPTER_NAME)
+    for name, module in model.named_modules():  # the adapters' input dropout: lit-llm's CPU masks, as our models'
+        if name.rsplit(".", 1)[-1] == "lora_dropout":
+            use_fast_dropout(module)
     for name, param in model.named_parameters():
         if "lora_" in name or ".modules_to_save." in name:
             param.requires_grad_(True)

@@ -34,11 +34,17 @@ libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 applied = keep_freed_memory() if sys.argv[1] == "on" else False
 mapped = libc.mallinfo2().hblkhd
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
 block = libc.malloc(64 << 20)  # 64 MiB, above glibc's largest mmap threshold (32 MiB)
+ctypes.memset(block, 1, 64 << 20)  # touched: resident
 own_mapping = libc.mallinfo2().hblkhd - mapped >= 64 << 20
 libc.free(block)
 kept = libc.mallinfo2().fordblks >= 64 << 20  # free bytes still held in the heap
-print(applied, own_mapping, kept)
+before = rss()
+released = allocator.release_freed_memory() and before - rss() >= 32 << 20  # its pages handed back
+print(applied, own_mapping, kept, released if applied else "-")
 """
 
 
@@ -50,13 +56,14 @@ def _child(mode: str, **env: str) -> list[str]:
 
 @glibc
 def test_large_blocks_come_from_the_heap_and_stay_after_free():
-    assert _child("off") == ["False", "True", "False"]  # glibc's default: an mmap per block, unmapped on free
-    assert _child("on") == ["True", "False", "True"]
+    assert _child("off") == ["False", "True", "False", "-"]  # glibc's default: an mmap per block, unmapped on free
+    assert _child("on") == ["True", "False", "True", "True"]  # kept, until release_freed_memory hands it back
 
 
 @glibc
-def test_the_environment_turns_it_off():
-    assert _child("on", LIT_LLM_MALLOC_TUNING="0") == ["False", "True", "False"]
+@pytest.mark.parametrize("value", ["0", "off", "False"])
+def test_the_environment_turns_it_off(value):
+    assert _child("on", LIT_LLM_MALLOC_TUNING=value) == ["False", "True", "False", "-"]
 
 
 def test_a_bad_threshold_is_refused():
@@ -64,15 +71,43 @@ def test_a_bad_threshold_is_refused():
         keep_freed_memory(-1)
 
 
-@glibc
-def test_the_cli_does_it_on_cpu_and_says_how_to_turn_it_off(monkeypatch):
-    from lit_llm.commands import trainer_defaults
+def test_the_cli_does_it_on_cpu_says_how_to_turn_it_off_and_hands_the_memory_back_after_the_run(
+        tmp_path, tiny_bert_dir, sentiment_csvs, monkeypatch, caplog):
+    from lit_llm.cli import LitLLMCLI
+    from lit_llm.training import allocator
+    from tests.test_cli import _config
+
+    calls: list[str] = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda *a: calls.append("keep") or True)
+    monkeypatch.setattr("lit_llm.commands.lightning_cli.release_freed_memory", lambda: calls.append("release"))
+    caplog.set_level("INFO")
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, tiny_bert_dir, sentiment_csvs, max_epochs=1)
+    LitLLMCLI(args=["fit", "--config", str(config), "--trainer.max_steps", "3"])
+    assert "CPU allocator: large freed blocks stay in the process" in caplog.text
+    assert "LIT_LLM_MALLOC_TUNING=0 turns this off" in caplog.text
+    assert calls == ["keep", "release"]
+
+
+def test_a_trainer_not_on_the_cpu_is_left_alone(monkeypatch):
+    from types import SimpleNamespace
+
+    from lit_llm.commands.trainer_defaults import cpu_allocator
     from lit_llm.training import allocator
 
-    calls: list[int] = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda *a: calls.append(1) or True)
-    line = trainer_defaults.cpu_allocator("cpu")
-    assert line is not None and "LIT_LLM_MALLOC_TUNING=0 turns this off" in line
-    assert trainer_defaults.cpu_allocator("gpu") is None and calls == [1]
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda *a: False)
-    assert trainer_defaults.cpu_allocator("cpu") is None
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda *a: True)
+    assert cpu_allocator(SimpleNamespace(accelerator=object())) is None
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda *a: False)  # declined: nothing to say
+    from lightning.pytorch.accelerators import CPUAccelerator
+    assert cpu_allocator(SimpleNamespace(accelerator=CPUAccelerator())) is None
+
+
+def test_nothing_is_set_where_malloc_is_not_glibcs(monkeypatch):
+    from lit_llm.training import allocator
+
+    if platform.libc_ver()[0] == "glibc":  # a preloaded jemalloc / tcmalloc: the process's malloc is not libc's
+        addresses = iter([1, 2])
+        monkeypatch.setattr(allocator, "_malloc_address", lambda library: next(addresses))
+        assert allocator._glibc_malloc() is None
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("musl", ""))
+    assert allocator._glibc_malloc() is None and allocator.release_freed_memory() is False

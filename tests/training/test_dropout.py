@@ -39,7 +39,6 @@ def test_drop_rate_and_scale_match_torch(dtype, p):
 
 def test_every_element_is_kept_or_dropped_independently_of_its_neighbours():
     torch.manual_seed(1)
-    kept = fast_dropout(torch.ones(N), 0.5) != 0
     # Adjacent elements (the two halves of one 32-bit draw in 16-bit) are uncorrelated: P(both kept) = 1/4.
     for dtype in (torch.float32, torch.bfloat16):
         kept = fast_dropout(torch.ones(N, dtype=dtype), 0.5) != 0
@@ -143,3 +142,156 @@ def test_our_modules_train_with_fast_dropout(tmp_path, tiny_tokenizer, tiny_toke
                 enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0).fit(module, data)
     assert calls and set(calls) == {module.model.config.hidden_dropout_prob}
     assert any(isinstance(m, FastDropout) for m in module.model.modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradient_checkpointing_recomputes_the_same_masks(dtype):
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(16, 16), FastDropout(0.5), nn.Linear(16, 16)).to(dtype)
+    x = torch.randn(8, 16, dtype=dtype, requires_grad=True)
+    torch.manual_seed(1)
+    plain = block(x)
+    plain.sum().backward()
+    expected = x.grad.clone()
+    x.grad = None
+    torch.manual_seed(1)
+    recomputed = checkpoint(block, x, use_reentrant=False)  # the forward runs again in the backward
+    recomputed.sum().backward()
+    assert torch.equal(plain, recomputed) and torch.equal(x.grad, expected)
+
+
+@pytest.mark.parametrize("dtype, bits", [(torch.bfloat16, 15), (torch.float16, 15), (torch.float32, 31)])
+@pytest.mark.parametrize("p", [0.1495, 0.3, 0.7495])
+def test_kept_elements_are_scaled_by_one_over_one_minus_the_probability_applied(dtype, bits, p):
+    applied = round(p * 2**bits) / 2**bits
+    torch.manual_seed(4)
+    y = fast_dropout(torch.ones(50_000, dtype=dtype), p)
+    assert torch.equal(y[y != 0].unique(), torch.tensor([1 / (1 - applied)], dtype=dtype))
+
+
+def test_a_probability_the_bits_cannot_resolve_runs_torchs_dropout():
+    x16, x32 = torch.ones(1000, dtype=torch.bfloat16), torch.ones(1000)
+    with mock.patch.object(dropout_mod._MaskedScale, "apply", side_effect=AssertionError("fast path")):
+        fast_dropout(x16, 1e-4)  # 3 / 32768 would apply 0.0000916: 8% off
+        fast_dropout(x16, 1e-6)  # would round to 0: no dropout at all
+    with mock.patch.object(dropout_mod._MaskedScale, "apply", wraps=dropout_mod._MaskedScale.apply) as fast:
+        fast_dropout(x32, 1e-4)  # 31 bits resolve it
+        fast_dropout(x16, 0.02)
+    assert fast.call_count == 2
+
+
+def test_an_inplace_layer_runs_torchs_inplace_dropout():
+    x = torch.ones(1000)
+    torch.manual_seed(5)
+    out = FastDropout(0.5, inplace=True)(x)
+    assert out is x and (x == 0).any()
+
+
+def test_lora_adapters_input_dropout_uses_it_and_the_rest_of_a_users_model_is_left_alone(tiny_tokenizer):
+    from transformers import BertForSequenceClassification
+
+    from conftest import tiny_bert_config
+    from lit_llm.training.lora import LoraSpec, apply_lora, find_lora_targets
+
+    model = BertForSequenceClassification(tiny_bert_config(len(tiny_tokenizer), hidden_dropout_prob=0.1))
+    apply_lora(model, LoraSpec(targets=find_lora_targets(model), dropout=0.1))
+    adapters = [m for name, m in model.named_modules() if ".lora_dropout." in name]
+    assert adapters and all(type(m) is FastDropout for m in adapters)
+    others = [m for name, m in model.named_modules() if isinstance(m, nn.Dropout) and "lora_dropout" not in name]
+    assert others and all(type(m) is nn.Dropout for m in others)
+
+
+# ---------------------------------------------------------------- attention-probability dropout (sdpa)
+def _qkv(batch=2, heads=2, q=5, k=5, dim=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, n, dim, generator=g) for n in (q, k, k)]
+
+
+class _Attention(nn.Module):
+    def __init__(self, causal: bool) -> None:
+        super().__init__()
+        self.is_causal = causal
+
+
+@pytest.mark.parametrize("case", ["padding", "causal", "additive", "none"])
+def test_sdpa_with_fast_dropout_is_sdpas_math_with_the_masks_applied_to_the_probabilities(case):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from lit_llm.training.dropout import sdpa_with_fast_dropout
+
+    q, k, v = _qkv()
+    module = _Attention(causal=case == "causal").train()
+    mask = None
+    if case == "padding":  # the last two keys of the second sequence are padding
+        mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+        mask[1, :, :, 3:] = False
+    elif case == "additive":
+        mask = torch.randn(2, 1, 5, 5)
+    drop = (torch.rand(2, 2, 5, 5, generator=torch.Generator().manual_seed(1)) > 0.3) / 0.7
+    with mock.patch.object(dropout_mod._MaskedScale, "apply", side_effect=lambda probs, p: probs * drop):
+        out, _ = sdpa_with_fast_dropout(module, q, k, v, mask, dropout=0.3)
+    # The reference: the same masks on the probabilities of torch's math (dropout 0, then the mask by hand).
+    scores = q @ k.transpose(-2, -1) / 2.0  # D = 4: scale 1/2
+    if case == "padding":
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif case == "additive":
+        scores = scores + mask
+    elif case == "causal":
+        scores = scores.masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+    expected = ((scores.softmax(-1) * drop) @ v).transpose(1, 2)
+    assert out.shape == (2, 5, 2, 4)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # Without dropping anything it is transformers' sdpa attention.
+    with mock.patch.object(dropout_mod._MaskedScale, "apply", side_effect=lambda probs, p: probs):
+        same, _ = sdpa_with_fast_dropout(module, q, k, v, mask, dropout=0.3)
+    reference, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0)
+    torch.testing.assert_close(same, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_with_fast_dropout_leaves_everything_else_to_transformers():
+    from lit_llm.training.dropout import sdpa_with_fast_dropout
+
+    q, k, v = _qkv()
+    train, evaluation = _Attention(False).train(), _Attention(False).eval()
+    grouped = _Attention(False).train()
+    grouped.num_key_value_groups = 2
+    target = "transformers.integrations.sdpa_attention.sdpa_attention_forward"
+    with mock.patch(target, return_value=("sdpa", None)) as sdpa, \
+            mock.patch.object(dropout_mod._MaskedScale, "apply", side_effect=AssertionError("fast path")):
+        for module, p, x in [(evaluation, 0.1, q), (train, 0.0, q), (grouped, 0.1, q), (train, 0.1, q.double())]:
+            assert sdpa_with_fast_dropout(module, x, k, v, None, dropout=p)[0] == "sdpa"
+    assert sdpa.call_count == 4
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_an_hf_model_runs_its_attention_dropout_through_it_and_exports_as_sdpa(arch, tmp_path, tiny_tokenizer):
+    from transformers import AutoModel, BertModel, GPT2Config, GPT2Model
+
+    from conftest import tiny_bert_config
+    from lit_llm.training.dropout import ATTENTION
+
+    if arch == "bert":
+        model = BertModel(tiny_bert_config(len(tiny_tokenizer), hidden_dropout_prob=0.1,
+                                           attention_probs_dropout_prob=0.2))
+    else:
+        model = GPT2Model(GPT2Config(vocab_size=len(tiny_tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                                     attn_pdrop=0.2, resid_pdrop=0.1, embd_pdrop=0.1))
+    assert model.config._attn_implementation == "sdpa"
+    ids = torch.randint(5, len(tiny_tokenizer), (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    before = model.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+    use_fast_dropout(model)
+    assert model.config._attn_implementation == ATTENTION
+    after = model(input_ids=ids, attention_mask=mask).last_hidden_state  # evaluation: transformers' sdpa
+    assert torch.equal(before, after)
+    calls = []
+    real = dropout_mod._MaskedScale.apply
+    with mock.patch.object(dropout_mod._MaskedScale, "apply", side_effect=lambda x, p: calls.append(p) or real(x, p)):
+        model.train()(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+    assert 0.2 in calls and 0.1 in calls  # attention probabilities and hidden states
+    model.save_pretrained(tmp_path / "export")
+    assert ATTENTION not in (tmp_path / "export" / "config.json").read_text()
+    assert AutoModel.from_pretrained(tmp_path / "export").config._attn_implementation == "sdpa"

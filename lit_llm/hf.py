@@ -24,6 +24,7 @@ __all__ = [
     "trust_remote_code",
     "BLOCK_PARAMETER_PATTERN",
     "CONFIG_ALIASES",
+    "config_probability",
     "block_index",
     "config_size",
     "find_blocks",
@@ -50,6 +51,9 @@ CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
     "vocab_size": ("vocab_size",),
     "num_kv_heads": ("num_key_value_heads",),
     "head_dim": ("head_dim",),
+    # probabilities (config_probability)
+    "hidden_dropout": ("hidden_dropout_prob", "resid_pdrop", "dropout"),
+    "attention_dropout": ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"),
 }
 
 
@@ -71,6 +75,22 @@ def config_size(config: Any, name: str) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+def config_probability(config: Any, name: str) -> float:
+    """The probability ``name`` (``hidden_dropout`` or ``attention_dropout``) of an HF config under whichever alias
+    it uses; 0.0 when it has none.
+
+    Example::
+        >>> from types import SimpleNamespace
+        >>> config_probability(SimpleNamespace(attn_pdrop=0.1), "attention_dropout")
+        0.1
+    """
+    for key in CONFIG_ALIASES[name]:
+        value = getattr(config, key, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

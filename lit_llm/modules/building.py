@@ -36,7 +36,7 @@ def build_model(
     """Load (or build from a config dict) an HF model in training mode, with the module's memory and speed options.
 
     Its ``nn.Dropout`` layers draw their masks with :func:`lit_llm.training.dropout.fast_dropout` on CPU (the same
-    dropout at a third of torch's CPU cost; torch's kernel elsewhere).
+    dropout drawn several times faster; torch's kernel elsewhere), attention-probability dropout included.
 
     Args:
         auto_class: e.g. ``AutoModelForSequenceClassification``.

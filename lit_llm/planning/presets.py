@@ -285,14 +285,15 @@ def dims_from_hf_config(config: Any, name: str | None = None) -> ModelDims:
     Example::
         dims = dims_from_hf_config(AutoConfig.from_pretrained("path/to/model"))
     """
+    from lit_llm.hf import config_probability
+
     model_type = getattr(config, "model_type", None)
     label = name or getattr(config, "name_or_path", "") or str(model_type)
     hidden = _config_int(config, "hidden_size")
     heads = _config_int(config, "num_heads")
     arch = _arch(config)
-    dropout = getattr(config, "hidden_dropout_prob", getattr(config, "resid_pdrop", getattr(config, "dropout", 0.0)))
-    attention_dropout = getattr(config, "attention_probs_dropout_prob",
-                                getattr(config, "attn_pdrop", getattr(config, "attention_dropout", 0.0)))
+    dropout = config_probability(config, "hidden_dropout")
+    attention_dropout = config_probability(config, "attention_dropout")
     activation = getattr(config, "hidden_act", getattr(config, "activation_function", "gelu"))
     return ModelDims(
         label, arch, _config_int(config, "num_layers"), hidden, heads,

@@ -7,8 +7,8 @@ decision is read off 16 random bits (bf16 / fp16) or 31 (fp32) of torch's own ge
 elements per draw in 16-bit), and the scaled mask is built with integer operations in the input's dtype. The drop
 probability applied, p', is p rounded to a multiple of 2**-15 (2**-31 in fp32); kept elements are scaled by
 ``1 / (1 - p')`` rounded to the input's dtype, so the mean is kept as torch's ``1 / (1 - p)`` keeps it (the two
-scales can differ by one unit in the dtype's last place). Where the rounding would move p by more than 0.1% (p
-below about 0.015 in 16-bit), torch's dropout runs instead. It draws from torch's default generator, so
+scales can differ by one unit in the dtype's last place). Where the rounding would move p by more than 0.1% (some p
+below 0.015 in 16-bit), torch's dropout runs instead. It draws from torch's default generator, so
 ``seed_everything`` makes it reproducible, and gradient checkpointing, which restores that generator before
 recomputing, draws the same masks again; it is not the same random stream as torch's.
 
@@ -127,12 +127,13 @@ def sdpa_with_fast_dropout(
 ) -> tuple[torch.Tensor, None]:
     """transformers' ``sdpa`` attention, with lit-llm's dropout masks on the attention probabilities on CPU.
 
-    With dropout on, torch's CPU ``scaled_dot_product_attention`` runs its math path: ``softmax(q k^T * scale +
-    mask)``, dropout, ``@ v``. This is that path with :func:`fast_dropout`'s masks and the softmax in fp32 (as
-    transformers' eager attention). Everything else (evaluation, no dropout, other devices, grouped-query
-    attention, position biases, ...) is transformers' ``sdpa_attention_forward`` unchanged. Registered in
-    transformers' ``AttentionInterface`` as ``"lit_llm_sdpa"`` by :func:`use_fast_dropout`; the name is not saved
-    with the model (``save_pretrained`` leaves it out), so an export loads as ``sdpa``.
+    With dropout on, torch's CPU ``scaled_dot_product_attention`` runs its math path: in fp32 whatever the inputs'
+    dtype, ``softmax(q k^T * scale + mask)`` (a row with every key masked gives zeros), dropout, ``@ v``, cast back
+    to the inputs' dtype. This is that path with :func:`fast_dropout`'s masks (31-bit, on the fp32 probabilities).
+    Everything else (evaluation, no dropout, other devices, grouped-query attention, position biases, ...) is
+    transformers' ``sdpa_attention_forward`` unchanged. Registered in transformers' ``AttentionInterface`` as
+    ``"lit_llm_sdpa"`` when this module is imported; the name is not saved with the model (``save_pretrained``
+    leaves it out), so an export loads as ``sdpa``.
 
     Shapes: query ``(B, H, Tq, D)``, key and value ``(B, H, Tk, D)``; returns ``(B, Tq, H, D)``.
     """
@@ -151,19 +152,24 @@ def sdpa_with_fast_dropout(
         # SDPA's is_causal is upper-left aligned
         attention_mask = torch.ones(q_length, kv_length, dtype=torch.bool, device=query.device).tril()
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:  # True = attend
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    probs = _MaskedScale.apply(probs, dropout)
-    out = torch.matmul(probs, value)  # (B, H, Tq, D)
-    return out.transpose(1, 2).contiguous(), None
+    with torch.autocast("cpu", enabled=False):  # fp32 throughout, as torch's math path
+        scores = torch.matmul(query.float(), key.float().transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+        empty = None  # query rows with no key to attend to: zeros, as torch's safe softmax
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:  # True = attend
+                scores = scores.masked_fill(~attention_mask, float("-inf"))
+                empty = ~attention_mask.any(dim=-1, keepdim=True)
+            else:
+                scores = scores + attention_mask.float()
+                empty = torch.isneginf(scores).all(dim=-1, keepdim=True)
+        probs = torch.softmax(scores, dim=-1)
+        if empty is not None:
+            probs = probs.masked_fill(empty, 0.0)
+        probs = _MaskedScale.apply(probs, dropout)
+        out = torch.matmul(probs, value.float())  # (B, H, Tq, D)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
-@functools.cache
 def _register_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -172,27 +178,33 @@ def _register_attention() -> None:
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the same masks as "sdpa"
 
 
+# At import, so that a model switched to it and then pickled (a spawned process, torch.save) finds it again.
+_register_attention()
+
+
 def use_fast_dropout(model: nn.Module) -> int:
     """Turn every plain ``nn.Dropout`` of ``model`` into :class:`FastDropout`, in place; returns how many.
 
     The layers keep their object, ``p`` and place, so hooks, ``state_dict`` (dropout has none) and
     ``save_pretrained`` are unchanged; subclasses of ``nn.Dropout`` are left alone. The count includes layers a
     model holds but does not call (BERT's attention-probability dropout layer, whose ``p`` its attention function
-    reads). An HF model that runs ``sdpa`` attention through transformers' ``AttentionInterface`` (BERT, GPT-2,
-    Llama, ...) is switched to :func:`sdpa_with_fast_dropout`, so its attention-probability dropout takes the same
-    masks; other attention is left as it is.
+    reads). An HF model with attention-probability dropout that runs ``sdpa`` attention through transformers'
+    ``AttentionInterface`` (BERT, RoBERTa, DistilBERT, GPT-2, ...) is switched to :func:`sdpa_with_fast_dropout`,
+    so that dropout takes the same masks; other attention, and attention without dropout, is left as it is.
 
     Example::
         n = use_fast_dropout(model)
     """
     from lit_llm.compat import hf_attention_implementation, hf_uses_attention_interface
+    from lit_llm.hf import config_probability
 
     swapped = 0
     for module in model.modules():
         if type(module) is nn.Dropout:
             module.__class__ = FastDropout
             swapped += 1
-    if hf_attention_implementation(model) == "sdpa" and hf_uses_attention_interface(model):
-        _register_attention()
+    switch = (hf_attention_implementation(model) == "sdpa" and hf_uses_attention_interface(model)
+              and config_probability(getattr(model, "config", None), "attention_dropout") > 0)
+    if switch:
         model.set_attn_implementation(ATTENTION)  # type: ignore[operator]
     return swapped

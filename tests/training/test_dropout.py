@@ -295,3 +295,31 @@ def test_an_hf_model_runs_its_attention_dropout_through_it_and_exports_as_sdpa(a
     model.save_pretrained(tmp_path / "export")
     assert ATTENTION not in (tmp_path / "export" / "config.json").read_text()
     assert AutoModel.from_pretrained(tmp_path / "export").config._attn_implementation == "sdpa"
+
+
+def test_sdpa_with_fast_dropout_in_bf16_is_torchs_fp32_math_and_a_query_with_no_key_gets_zeros():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from lit_llm.training.dropout import sdpa_with_fast_dropout
+
+    q, k, v = (t.to(torch.bfloat16) * 3 for t in _qkv(q=6, k=6, dim=32))
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    mask[0, :, 1, :] = False  # query 1 of the first sequence sees no key (left padding in a causal model)
+    with mock.patch.object(dropout_mod._MaskedScale, "apply", side_effect=lambda probs, p: probs):
+        ours, _ = sdpa_with_fast_dropout(_Attention(False).train(), q, k, v, mask, dropout=0.1)
+    with sdpa_kernel(SDPBackend.MATH):
+        torchs = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    assert ours.dtype == torch.bfloat16
+    assert torch.equal(ours[0, 1], torch.zeros_like(ours[0, 1]))
+    torch.testing.assert_close(ours, torchs, atol=0, rtol=2**-7)  # at most the last bf16 bit apart
+
+
+def test_a_model_without_attention_dropout_keeps_sdpa_and_the_name_is_registered_at_import(tiny_bert_dir):
+    from transformers import AttentionInterface, AutoModel
+
+    from lit_llm.training.dropout import ATTENTION
+
+    assert ATTENTION in AttentionInterface._global_mapping
+    model = AutoModel.from_pretrained(tiny_bert_dir)  # the session's tiny BERT: no dropout anywhere
+    use_fast_dropout(model)
+    assert model.config._attn_implementation == "sdpa"

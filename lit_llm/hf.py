@@ -70,11 +70,8 @@ def config_size(config: Any, name: str) -> int | None:
         >>> config_size(SimpleNamespace(n_embd=768), "hidden_size")
         768
     """
-    for key in CONFIG_ALIASES[name]:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    value = _first_alias(config, name, (int,))
+    return None if value is None else int(value)
 
 
 def config_probability(config: Any, name: str) -> float:
@@ -86,11 +83,17 @@ def config_probability(config: Any, name: str) -> float:
         >>> config_probability(SimpleNamespace(attn_pdrop=0.1), "attention_dropout")
         0.1
     """
+    value = _first_alias(config, name, (int, float))
+    return 0.0 if value is None else float(value)
+
+
+def _first_alias(config: Any, name: str, types: tuple[type, ...]) -> int | float | None:
+    """The value of the first alias of ``name`` that ``config`` has as one of ``types`` (a bool is none)."""
     for key in CONFIG_ALIASES[name]:
-        value = getattr(config, key, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return 0.0
+        value: Any = getattr(config, key, None)
+        if isinstance(value, types) and not isinstance(value, bool):
+            return value  # type: ignore[return-value]
+    return None
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -108,3 +108,17 @@ def test_bench_cpu_step_times_each_variant_and_pairs_the_ratios_by_round(tmp_pat
     assert "| `lit-llm` | both (`lit-llm fit` on CPU) (**the allocator setting was not applied**" in script.render(
         {"machine": "m", "threads": 1, "torch": "t", "precision": "bf16", "batch": 4, "seq": 8, "steps": 2,
          "rounds": 2, "runs": fake}, "cmd")
+
+
+def test_bench_cpu_job_reads_the_run_summary_and_pairs_the_rounds():
+    script = _load("bench_cpu_job")
+    line = "time: start-up 9.1 s, training loop 38.0 s (120 batches, 3,840 samples, 100.9 samples/s), test 3.5 s"
+    assert script.loop_figures(line) == {"loop_s": 38.0, "batches": 120, "samples": 3840, "samples_per_s": 100.9}
+    with pytest.raises(ValueError, match="no 'training loop"):
+        script.loop_figures("a run that crashed")
+    runs = [{"round": r, "variant": v, "samples_per_s": s} for r, v, s in
+            [(0, "lit-llm", 100.0), (0, "torch", 80.0), (1, "torch", 90.0), (1, "lit-llm", 99.0),
+             (2, "lit-llm", 120.0), (2, "torch", 80.0)]]
+    page = script.render({"machine": "m", "torch": "t", "steps": 120, "rounds": 3, "runs": runs}, "cmd")
+    assert "| 1 | 99.0 | 90.0 | 1.100 |" in page
+    assert "| **median** | | | **1.250** (1.100 - 1.500) |" in page

@@ -167,5 +167,5 @@ class LitLLMCLI(LightningCLI):
         """Print where the run's outputs are (rank 0), then finish the loggers (every rank)."""
         print_summary(self.run_dir, self.trainer, self.model)
         finish_loggers(self.trainer.loggers)
-        if self._allocator_tuned:  # a later run in this process (`lit-llm tune`'s trials) starts from a lean heap
+        if self._allocator_tuned:  # hand back what the run freed (`lit-llm tune` runs its trials in one process)
             release_freed_memory()

@@ -68,7 +68,7 @@ def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     if libc is None:
         return False
     # The trim threshold first: if it is refused, nothing has changed; if the second call is refused, large blocks
-    # are still mapped per block, as by default.
+    # are still mapped per block (glibc's mmap threshold then stays at its current value instead of adapting).
     return bool(libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
 
 

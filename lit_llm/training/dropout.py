@@ -109,9 +109,9 @@ class FastDropout(nn.Dropout):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.inplace or not _usable(input, self.p):
-            return nn.functional.dropout(input, self.p, self.training, self.inplace)
-        return _MaskedScale.apply(input, self.p)
+        if self.inplace:
+            return super().forward(input)
+        return fast_dropout(input, self.p, self.training)
 
 
 def sdpa_with_fast_dropout(

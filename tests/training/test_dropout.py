@@ -130,16 +130,10 @@ def test_our_modules_train_with_fast_dropout(tmp_path, tiny_tokenizer, tiny_toke
     module = SequenceClassifier(str(tmp_path / "bert"), export=False)
     data = TextClassificationDataModule(str(tiny_tokenizer_dir), train_file=str(sentiment_csvs["train"]),
                                         batch_size=8)
-    calls = []
-    real = dropout_mod._MaskedScale.apply
-
-    def counting(*args):
-        calls.append(args[1])
-        return real(*args)
-
-    with mock.patch.object(dropout_mod._MaskedScale, "apply", side_effect=counting):
+    with mock.patch.object(dropout_mod._MaskedScale, "apply", wraps=dropout_mod._MaskedScale.apply) as fast:
         Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0).fit(module, data)
+    calls = [call.args[1] for call in fast.call_args_list]
     assert calls and set(calls) == {module.model.config.hidden_dropout_prob}
     assert any(isinstance(m, FastDropout) for m in module.model.modules())
 
@@ -287,10 +281,9 @@ def test_an_hf_model_runs_its_attention_dropout_through_it_and_exports_as_sdpa(a
     assert model.config._attn_implementation == ATTENTION
     after = model(input_ids=ids, attention_mask=mask).last_hidden_state  # evaluation: transformers' sdpa
     assert torch.equal(before, after)
-    calls = []
-    real = dropout_mod._MaskedScale.apply
-    with mock.patch.object(dropout_mod._MaskedScale, "apply", side_effect=lambda x, p: calls.append(p) or real(x, p)):
+    with mock.patch.object(dropout_mod._MaskedScale, "apply", wraps=dropout_mod._MaskedScale.apply) as fast:
         model.train()(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+    calls = [call.args[1] for call in fast.call_args_list]
     assert 0.2 in calls and 0.1 in calls  # attention probabilities and hidden states
     model.save_pretrained(tmp_path / "export")
     assert ATTENTION not in (tmp_path / "export" / "config.json").read_text()

@@ -38,6 +38,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
@@ -350,13 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few steps on a few examples, to check the script runs")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks"))
-    parser.add_argument("--work", type=Path, default=None, help="where artifacts go (default: a new temp dir)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default benchmarks/ ($TMPDIR/compression_smoke with --smoke: a smoke run never "
+                             "overwrites the committed results)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where artifacts go, kept after the run (default: a temporary folder, removed at the end)")
     parser.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
                         help="only measure the artifacts listed in DIR/index.json (the second process)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "compression_smoke" if args.smoke else ROOT / "benchmarks"
     cfg = CONFIGS[mode]
     pl.seed_everything(args.seed, verbose=False)
     if args.evaluate is not None:
@@ -366,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_compression_"))  # artifacts and checkpoints
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build_and_measure(args, cfg, mode, work, started)
+    finally:
+        if args.work is None:  # several GB of checkpoints and artifacts: --work DIR keeps them
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _build_and_measure(args: argparse.Namespace, cfg: dict[str, Any], mode: str, work: Path, started: float) -> int:
     build_artifacts(args, cfg, work)
     # A fresh interpreter: nothing of the training process (weights in memory, patched modules) can leak into
     # what is measured, as in a serving process.
@@ -377,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = json.loads((work / "rows.json").read_text())
     index = json.loads((work / "index.json").read_text())
     write_results(rows, args, mode, time.time() - started, index["train_s"], cfg)
-    print(f"[{time.time() - started:7.1f}s] done; artifacts kept in {work}", flush=True)
+    kept = f"artifacts kept in {work}" if args.work else "temporary artifacts removed (--work DIR keeps them)"
+    print(f"[{time.time() - started:7.1f}s] done; {kept}", flush=True)
     return 0
 
 

@@ -50,6 +50,7 @@ import platform
 import random
 import re
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -826,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", nargs=2, metavar=("TASK", "RUNNER"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--keep-work", action="store_true",
+                        help="keep the temporary folder of the runs' checkpoints and models (GBs; removed by default)")
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(CHILDREN[tuple(args.child)](json.loads(args.spec), args.work)))
@@ -834,6 +837,16 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.smoke else args.repeats
     out = args.out or (Path(tempfile.gettempdir()) / "peers_smoke" if args.smoke else ROOT / "benchmarks")
     work = Path(tempfile.mkdtemp(prefix="bench_peers_"))
+    try:
+        return _run(args, repeats, out, work, argv)
+    finally:
+        if args.keep_work:
+            print(f"runs' files kept in {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, repeats: int, out: Path, work: Path, argv: list[str] | None) -> int:
     specs: dict[str, dict[str, Any]] = {}
     if "classification" in args.tasks:
         r = recipe(CLS_CONFIG)

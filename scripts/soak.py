@@ -19,11 +19,13 @@ Writes benchmarks/soak.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     pl.seed_everything(0, verbose=False)
     root = Path(tempfile.mkdtemp(prefix="lit_llm_soak_"))
+    atexit.register(shutil.rmtree, root, True)  # its checkpoints and logs; the results go to --out
     paths = make_assets(root, n_train=512)
     trace = MemoryTrace(args.leak_kb)
     callbacks = [

@@ -16,7 +16,6 @@ checked on its own, so a failure names its callback.
 from __future__ import annotations
 
 import string
-import tempfile
 import time
 import traceback
 from datetime import timedelta
@@ -113,17 +112,14 @@ def _bert(hidden: int) -> BertForSequenceClassification:
     ))
 
 
-_PATHS: dict[str, str] = {}
-
-
-def case_paths() -> dict[str, str]:
-    """The ``${...}`` values of the cases: a tiny HF teacher directory and a scratch directory (made once)."""
-    if not _PATHS:
-        root = Path(tempfile.mkdtemp(prefix="lit_llm_conformance_"))
-        torch.manual_seed(1)
-        _bert(16).save_pretrained(root / "teacher")
-        _PATHS.update(teacher=str(root / "teacher"), tmp=str(root))
-    return _PATHS
+@pytest.fixture(scope="module")
+def case_paths(tmp_path_factory) -> dict[str, str]:
+    """The ``${...}`` values of the cases: a tiny HF teacher directory and a scratch directory, made once under
+    pytest's own temporary root (which pytest prunes), not left behind in the system's temporary folder."""
+    root = tmp_path_factory.mktemp("conformance")
+    torch.manual_seed(1)
+    _bert(16).save_pretrained(root / "teacher")
+    return {"teacher": str(root / "teacher"), "tmp": str(root)}
 
 
 def parser() -> ArgumentParser:
@@ -215,8 +211,8 @@ def test_every_callback_has_a_case():
 
 
 @pytest.mark.parametrize("name", PARAMS)
-def test_builds_from_yaml_and_rejects_unknown_keys(name):
-    paths = case_paths()
+def test_builds_from_yaml_and_rejects_unknown_keys(name, case_paths):
+    paths = case_paths
     callback = build(name, paths)
     assert type(callback).__name__ == name
     bad = spec(name, paths)
@@ -226,8 +222,8 @@ def test_builds_from_yaml_and_rejects_unknown_keys(name):
 
 
 @pytest.mark.parametrize("name", PARAMS)
-def test_trains_and_resumes_with_identical_state(name, tmp_path):
-    paths = case_paths()
+def test_trains_and_resumes_with_identical_state(name, tmp_path, case_paths):
+    paths = case_paths
     callback, full = build(name, paths), Record()
     every_epoch = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
     trainer, module = fit([callback, full, every_epoch], tmp_path / "run", enable_checkpointing=True)
@@ -286,8 +282,8 @@ def _two_process_worker(rank: int, names: list[str], paths: dict[str, str], out:
 
 
 @pytest.mark.slow
-def test_every_callback_on_two_processes(tmp_path):
-    paths = case_paths()
+def test_every_callback_on_two_processes(tmp_path, case_paths):
+    paths = case_paths
     names = [name for name in CALLBACKS if name in CONFORMANCE_CASES]
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 

@@ -24,6 +24,7 @@ __all__ = [
     "trust_remote_code",
     "BLOCK_PARAMETER_PATTERN",
     "CONFIG_ALIASES",
+    "has_next_sentence_head",
     "config_probability",
     "block_index",
     "config_size",
@@ -184,6 +185,26 @@ def build_config(model: ModelSpec, **overrides: Any) -> PretrainedConfig:
         return AutoConfig.for_model(model_type, **spec)
     _check_exists(model, "model")
     return _from_pretrained(AutoConfig.from_pretrained, model, **overrides)
+
+
+def has_next_sentence_head(model: ModelSpec) -> bool:
+    """Whether transformers' ``AutoModelForPreTraining`` class for ``model`` is BERT's masked-LM plus next-sentence
+    pair: one that takes ``next_sentence_label`` and so returns ``seq_relationship_logits`` (BERT, MobileBERT,
+    Megatron-BERT, BigBird, ...). For others that class is a plain masked LM (RoBERTa, DistilBERT), an ELECTRA
+    discriminator, ALBERT's sentence-order model (``sop_logits``), or there is none (RoFormer).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ValueError: a config dict without ``model_type``.
+    """
+    import inspect
+
+    from transformers import MODEL_FOR_PRETRAINING_MAPPING
+
+    config_class = type(build_config(model))
+    if config_class not in MODEL_FOR_PRETRAINING_MAPPING:
+        return False
+    return "next_sentence_label" in inspect.signature(MODEL_FOR_PRETRAINING_MAPPING[config_class].forward).parameters
 
 
 def load_model(auto_cls: Any, model: ModelSpec, **config_overrides: Any) -> PreTrainedModel:

@@ -68,6 +68,15 @@ def test_prepare_pretrain_finetune_and_serve(tmp_path, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(export)
     assert tokenizer.tokenize("北京新年") == ["北", "京", "新", "年"]  # character-level
 
+    # the README's one config change for ALBERT's sentence-order prediction (RoFormer: lit-llm's pair head)
+    sop = ["--model.init_args.nsp", "true", "--model.init_args.nsp_negatives", "swapped", "--data.init_args.nsp",
+           "true", "--data.init_args.nsp_negatives", "swapped"]
+    fit(["--config", str(REPO / "configs/pretrain/bert_zh_wwm.yaml"), *QUIET, "--run_name", "zh_sop",
+         "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--model.init_args.model", TINY_MODEL,
+         "--data.init_args.vocab_size", "300", "--data.init_args.batch_size", "4", "--data.init_args.num_proc", "null",
+         *sop], tmp_path)
+    assert (tmp_path / "runs" / "zh_sop" / "version_0" / "export" / "model.safetensors").exists()
+
     for task in ("sentiment", "ner"):
         out = fit(["--config", str(REPO / f"configs/finetune/bert_zh_{task}.yaml"), *QUIET,
                    "--trainer.max_epochs", "1", "--test_after_fit", "true"], tmp_path)

@@ -72,3 +72,8 @@ def test_fit_with_fastest_precision_trains_in_it_and_records_it_in_the_runs_conf
     assert "--fastest_precision: trainer.precision = bf16-mixed (this CPU has avx512_bf16)" in caplog.text
     assert bf16.trainer.precision == "bf16-mixed"
     assert bf16.trainer.global_step == 3
+
+    # --fastest_precision false on the command line wins over the file's true: the config's own precision (fp32)
+    off = LitLLMCLI(args=["fit", "--config", str(in_file), "--fastest_precision", "false", "--trainer.max_steps", "3",
+                          "--run_name", "off"])
+    assert off.trainer.precision == "32-true" and off.trainer.global_step == 3

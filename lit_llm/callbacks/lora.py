@@ -51,7 +51,8 @@ class LoRA(Callback):
     (``head``: trained in full). The module's ``training_step`` and ``configure_optimizers`` stay as they are: the
     optimizer must be built from the module's parameters after ``configure_model`` (checked at train start).
 
-    Checkpoints hold only the trainable weights (adapters and head) and the optimizer state (a sharded FSDP2
+    Checkpoints hold only the model's trainable weights (adapters and head), whatever the module keeps beside the
+    model (e.g. a pre-training head of its own), and the optimizer state (a sharded FSDP2
     checkpoint keeps the frozen base too: ``torch.distributed.checkpoint`` restores only complete states); a resume
     (``ckpt_path=...``) rebuilds the same base, checks it is the same (a fingerprint kept in the callback state),
     and loads the adapters. At fit end the adapters are merged into the model, which becomes a plain HF model
@@ -274,17 +275,20 @@ class LoRA(Callback):
         if not self._trainable or "state_dict" not in checkpoint:
             return
         state = checkpoint["state_dict"]
+        prefix = f"{self.model_attr}."
+        # What the module keeps beside the adapted model (a head of its own, e.g. MaskedLanguageModel's
+        # SentencePairHead) is not LoRA's to drop: saved whole
+        beside = {k: v for k, v in state.items() if not k.startswith(prefix)}
         if self._adapted is not None:  # saved after the fit-end merge: the adapters kept aside
-            prefix = f"{self.model_attr}."
             checkpoint["state_dict"] = {
                 prefix + k: v for k, v in self._adapted.state_dict().items() if prefix + k in self._trainable
-            }
+            } | beside
         elif any(hasattr(v, "full_tensor") for v in state.values()):
             # A sharded (FSDP2) checkpoint: torch.distributed.checkpoint restores only complete module states, so
             # it keeps the frozen base too (one shard per rank, written in parallel).
             return
         else:
-            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in self._trainable}
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k in self._trainable} | beside
 
     def _register_load_hooks(self, pl_module: pl.LightningModule) -> None:
         if id(pl_module) in self._hooked:

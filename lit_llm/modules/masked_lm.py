@@ -9,12 +9,13 @@ from typing import Any, Literal, cast
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import ModelParallelStrategy
 from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, PreTrainedModel, PreTrainedTokenizerBase
 from typing_extensions import override
 
 from lit_llm.compression.distillation import mark_distillation_targets
 from lit_llm.errors import InvalidArgumentError
-from lit_llm.hf import load_tokenizer
+from lit_llm.hf import config_size, has_next_sentence_head, load_tokenizer
 from lit_llm.modules.best_checkpoint import export_best, output_dir
 from lit_llm.modules.building import check_export_target, check_layer_decay
 from lit_llm.modules.contract import read_datamodule
@@ -34,13 +35,36 @@ from lit_llm.text.sentence_order import check_nsp_negatives
 from lit_llm.training.optim import optimizers_for
 from lit_llm.training.token_loss import StepTokenNormalizer, token_cross_entropy
 
-__all__ = ["MaskedLanguageModel"]
+__all__ = ["MaskedLanguageModel", "SentencePairHead"]
 
 _VAL_MASK_SEED = 1234  # validation masks are the same every epoch, so val/loss curves compare like with like
 
 
+class SentencePairHead(torch.nn.Module):
+    """BERT's pooler and next-sentence classifier (dense + tanh on the first token's last hidden state, then two
+    logits), for a model whose transformers pre-training class has no such head (RoFormer, RoBERTa, ALBERT, ...).
+
+    It is a pre-training head, kept in lit-llm's checkpoints and not in the export: fine-tuning starts its own.
+
+    Example::
+        head = SentencePairHead(hidden_size=128)
+        logits = head(hidden_states)  # (B, T, 128) -> (B, 2)
+    """
+
+    def __init__(self, hidden_size: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.dense = torch.nn.Linear(hidden_size, hidden_size)
+        self.classifier = torch.nn.Linear(hidden_size, 2)
+        for layer in (self.dense, self.classifier):  # as transformers initializes BERT's
+            torch.nn.init.normal_(layer.weight, std=init_std)
+            torch.nn.init.zeros_(layer.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.tanh(self.dense(hidden_states[:, 0])))
+
+
 class MaskedLanguageModel(pl.LightningModule):
-    """Masked-LM pre-training of an ``AutoModelForMaskedLM`` (or ``AutoModelForPreTraining`` with ``nsp``).
+    """Masked-LM pre-training of an ``AutoModelForMaskedLM`` (``AutoModelForPreTraining`` with ``nsp`` on BERT-likes).
 
     Every batch drawn is masked afresh (dynamic masking): ``mlm_probability`` of the tokens (of the words,
     with ``whole_word_masking``) become targets; 80% of them turn into ``[MASK]``, 10% into a random token,
@@ -61,8 +85,10 @@ class MaskedLanguageModel(pl.LightningModule):
         mask_replace_prob: fraction of targets replaced with ``[MASK]``.
         random_replace_prob: fraction of targets replaced with a random token.
         whole_word_masking: select whole words (needs the batch's ``word_starts``).
-        nsp: add BERT's next-sentence prediction head and loss (the batch needs ``next_sentence_label``,
-            e.g. ``TextCorpusDataModule(nsp=True)``).
+        nsp: add a sentence-pair head and loss (the batch needs ``next_sentence_label``, e.g.
+            ``TextCorpusDataModule(nsp=True)``): BERT's own (``AutoModelForPreTraining``, whose pooler the export
+            keeps) where transformers' pre-training class has it, else :class:`SentencePairHead` on the masked LM
+            (any architecture, e.g. RoFormer; not exported).
         nsp_negatives: which pairs the sentence-pair head tells apart, as the datamodule built them:
             ``"random"`` (BERT's next-sentence prediction, logged as ``nsp_loss`` / ``nsp_accuracy``) or
             ``"swapped"`` (ALBERT's sentence-order prediction, ``TextCorpusDataModule(nsp_negatives="swapped")``,
@@ -72,7 +98,7 @@ class MaskedLanguageModel(pl.LightningModule):
         sparse_prediction: run the LM head only on the ~15% of positions that are targets (same loss and
             gradients, less compute: the vocabulary projection is often the largest matmul of a small model).
             Used when the model has a single head module next to its encoder (BERT, RoBERTa, ...); other
-            models, and ``nsp``, run the head densely.
+            models, and ``nsp`` on BERT's ``AutoModelForPreTraining``, run the head densely.
         masking_seed: seed of the masking generator (None: the global RNG, seeded by ``seed_everything``).
         compile: ``torch.compile`` the model in place.
         export_dir: where the HF export goes at fit end; default ``<default_root_dir>/export``; must be new or empty.
@@ -130,7 +156,8 @@ class MaskedLanguageModel(pl.LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.export_dir, self.export, self.report_dir = export_dir, export, report_dir
         self.nsp_negatives = nsp_negatives
-        self.auto_class = AutoModelForPreTraining if nsp else AutoModelForMaskedLM
+        self.auto_class: Any = AutoModelForMaskedLM  # _build sets AutoModelForPreTraining for BERT's own nsp head
+        self.pair_head: SentencePairHead | None = None
         self.mlm_probability, self.mask_replace_prob = mlm_probability, mask_replace_prob
         self.random_replace_prob, self.whole_word_masking, self.nsp = random_replace_prob, whole_word_masking, nsp
         self.masking_seed = masking_seed
@@ -150,9 +177,16 @@ class MaskedLanguageModel(pl.LightningModule):
     def _build(self, tokenizer: PreTrainedTokenizerBase | None) -> None:
         if tokenizer is not None:
             self._check_tokenizer(tokenizer)
+        native_pair_head = self.nsp and has_next_sentence_head(self.model_spec)
+        self.auto_class = AutoModelForPreTraining if native_pair_head else AutoModelForMaskedLM
         self.model = build_language_model("MaskedLanguageModel", self.auto_class, self.model_spec, tokenizer,
                                           gradient_checkpointing=self.gradient_checkpointing,
                                           compile=self.hparams["compile"])
+        if self.nsp and not native_pair_head:
+            config = self.model.config
+            hidden = config_size(config, "hidden_size")
+            assert hidden is not None, f"{type(config).__name__} has no hidden size"
+            self.pair_head = SentencePairHead(hidden, getattr(config, "initializer_range", 0.02))
         self.tokenizer = tokenizer
 
     @override
@@ -167,6 +201,14 @@ class MaskedLanguageModel(pl.LightningModule):
         if self.model is None:
             self._build(data.tokenizer)
         assert self.model is not None
+        if self.pair_head is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            # FSDP2 shards the HF model only (lit_llm.strategies.shard_transformer): a head beside it would train
+            # unsynchronized on each rank
+            raise InvalidArgumentError(
+                f"MaskedLanguageModel(nsp=True) on {type(self.model).__name__} keeps lit-llm's SentencePairHead "
+                f"beside the model, which {type(self.trainer.strategy).__name__} does not shard or synchronize. "
+                "Use DDP (--trainer.strategy ddp), or an architecture with BERT's own head (model_type: bert)."
+            )
         check_block_size(self.model, self.model_spec, data.block_size)
         check_export_target(self, stage, self.export_dir, self.export)
 
@@ -182,7 +224,8 @@ class MaskedLanguageModel(pl.LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         assert self.model is not None, "setup() builds the model before the optimizer"
-        return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay)
+        return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay,
+                              extra=self.pair_head)
 
     def _check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         if tokenizer.mask_token_id is None:
@@ -225,7 +268,7 @@ class MaskedLanguageModel(pl.LightningModule):
 
     def _head_module(self) -> torch.nn.Module | None:
         """The LM head for sparse prediction: the model's only child besides its encoder, else None."""
-        if not self.sparse_prediction or self.nsp or self.model is None:
+        if not self.sparse_prediction or self.auto_class is AutoModelForPreTraining or self.model is None:
             return None
         base = getattr(self.model, "base_model_prefix", "")
         others = [module for name, module in self.model.named_children() if name != base]
@@ -261,6 +304,8 @@ class MaskedLanguageModel(pl.LightningModule):
         inputs = {"input_ids": input_ids, "attention_mask": batch.get("attention_mask")}
         if "token_type_ids" in batch:
             inputs["token_type_ids"] = batch["token_type_ids"]
+        if self.pair_head is not None:
+            inputs["output_hidden_states"] = True  # the head reads the first token's last hidden state
         target = labels != -100  # (B, T)
         mark_distillation_targets(self, target, "sum" if self.exact_token_loss else "mean")  # DistilBERT: masked only
         head = self._head_module()
@@ -271,15 +316,17 @@ class MaskedLanguageModel(pl.LightningModule):
                 else None
             )
             try:
-                logits = self.model(**inputs).logits  # (N, V)
+                out = self.model(**inputs)
             finally:
                 handle.remove()
+            logits = out.logits  # (N, V)
             if logits.shape[:-1] == target.shape:  # the head was called in a way the hook could not see
                 logits = logits[target]
             labels = labels[target]  # (N,)
         else:
             out = self.model(**inputs)
-            logits = out.prediction_logits if self.nsp else out.logits  # (B, T, V)
+            native = self.auto_class is AutoModelForPreTraining
+            logits = out.prediction_logits if native else out.logits  # (B, T, V)
             logits, labels = logits[target], labels[target]  # (N, V), (N,)
         loss_sum, count = token_cross_entropy(logits, labels)
         correct = (logits.detach().argmax(-1) == labels).sum()
@@ -289,7 +336,8 @@ class MaskedLanguageModel(pl.LightningModule):
                 raise ValueError(
                     "nsp=True needs the batch's 'next_sentence_label': use TextCorpusDataModule(nsp=True)."
                 )
-            pair_logits = out.seq_relationship_logits.float()  # (B, 2)
+            pair_logits = (out.seq_relationship_logits if self.pair_head is None
+                           else self.pair_head(out.hidden_states[-1])).float()  # (B, 2)
             extra = torch.nn.functional.cross_entropy(pair_logits, batch["next_sentence_label"])
             task = "sop" if self.nsp_negatives == "swapped" else "nsp"
             pair_correct = (pair_logits.detach().argmax(-1) == batch["next_sentence_label"]).float().mean()

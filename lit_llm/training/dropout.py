@@ -1,14 +1,14 @@
 """Dropout that draws its masks at the CPU's integer speed: the same layer, drawn several times faster.
 
 torch's CPU dropout draws one float Bernoulli sample per element (``bernoulli_``, about 7 ns an element on the
-2-core build machines) and then multiplies twice: in the main job's bf16 training step that was 46 ms of 317, 13%
-of the step, more than anything but the matmuls (``benchmarks/step_profile.md``). Here each element's keep/drop
-decision is read off 16 random bits (bf16 / fp16) or 31 (fp32) of torch's own generator (``random_`` on int32, two
-elements per draw in 16-bit), and the scaled mask is built with integer operations in the input's dtype. The drop
-probability applied, p', is p rounded to a multiple of 2**-15 (2**-31 in fp32); kept elements are scaled by
-``1 / (1 - p')`` rounded to the input's dtype, so the mean is kept as torch's ``1 / (1 - p)`` keeps it (the two
-scales can differ by one unit in the dtype's last place). Where the rounding would move p by more than 0.1% (some p
-below 0.015 in 16-bit), torch's dropout runs instead. It draws from torch's default generator, so
+2-core build machines) and then multiplies twice: in the main job's bf16 training step that was 46 ms of 317, 13% of
+the step, more than anything but the matmuls (``benchmarks/step_profile.md``). Here each element's keep/drop
+decision is read off 15 random bits (bf16 / fp16) or 31 (fp32) of torch's own generator (``random_`` on int32, two
+elements per draw in 16-bit, one from each half), and the scaled mask is built with integer operations in the
+input's dtype. The drop probability applied, p', is p rounded to a multiple of 2**-15 (2**-31 in fp32); kept
+elements are scaled by ``1 / (1 - p')`` rounded to the input's dtype, so the mean is kept as torch's ``1 / (1 - p)``
+keeps it (the two scales can differ by one unit in the dtype's last place). Where the rounding would move p by more
+than 0.1% (some p below 0.015 in 16-bit), torch's dropout runs instead. It draws from torch's default generator, so
 ``seed_everything`` makes it reproducible, and gradient checkpointing, which restores that generator before
 recomputing, draws the same masks again; it is not the same random stream as torch's.
 

@@ -163,24 +163,30 @@ def build_optimizer(
     model: nn.Module,
     factory: OptimizerFactory,
     layer_decay: float | None = None,
+    extra: nn.Module | None = None,
 ) -> torch.optim.Optimizer:
     """Build ``factory``'s optimizer on ``model`` with no decay on biases / norms and optional layer-wise decay.
 
     The factory is any callable that takes param groups, e.g. ``torch.optim.AdamW`` or
     ``functools.partial(bitsandbytes.optim.AdamW8bit, lr=1e-4)`` (what LightningCLI's ``OptimizerCallable`` gives).
-    With ``layer_decay`` each group's rate is the optimizer's own ``lr`` times its depth scale.
+    With ``layer_decay`` each group's rate is the optimizer's own ``lr`` times its depth scale. ``extra`` is a module
+    trained beside ``model`` at the optimizer's own ``lr`` (as the top of the model), e.g. a pre-training head kept
+    outside the HF model.
     A ``torch.optim.Adam`` / ``AdamW`` given neither ``fused`` nor ``foreach`` runs torch's fused kernel where
     every parameter allows it (see :func:`use_fused_kernel`).
 
     Example::
         optimizer = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=3e-5), layer_decay=0.9)
     """
+    extra_groups = [] if extra is None else [
+        {**group, "group_name": f"extra_{group['group_name']}"} for group in no_decay_param_groups(extra)
+    ]
     if layer_decay is None:
-        return use_fused_kernel(factory(no_decay_param_groups(model)))
+        return use_fused_kernel(factory(no_decay_param_groups(model) + extra_groups))
     groups = layerwise_param_groups(model, lr=1.0, decay=layer_decay, weight_decay=None)
     for group in groups:
         del group["lr"]  # take the optimizer's default, then scale it below
-    optimizer = factory(groups)
+    optimizer = factory(groups + [{**group, "lr_scale": 1.0} for group in extra_groups])
     for group in optimizer.param_groups:
         group["lr"] = group["lr"] * group["lr_scale"]
     return use_fused_kernel(optimizer)
@@ -257,6 +263,7 @@ def optimizers_for(
     factory: OptimizerFactory,
     lr_scheduler: SchedulerFactory | None = None,
     layer_decay: float | None = None,
+    extra: nn.Module | None = None,
 ) -> Any:
     """What ``configure_optimizers`` returns: :func:`build_optimizer`, plus the scheduler stepped every optimizer step.
 
@@ -264,7 +271,7 @@ def optimizers_for(
         def configure_optimizers(self):
             return optimizers_for(self.model, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay)
     """
-    optimizer = build_optimizer(model, factory, layer_decay)
+    optimizer = build_optimizer(model, factory, layer_decay, extra)
     if lr_scheduler is None:
         return optimizer
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler(optimizer), "interval": "step"}}

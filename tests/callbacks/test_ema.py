@@ -191,6 +191,27 @@ def test_a_callback_that_changes_the_model_goes_before_ema(tmp_path):
     assert any("LowRank" in type(m).__name__ for m in module.modules())
 
 
+def test_lora_listed_after_ema_is_refused_too(tmp_path):
+    from lit_llm.callbacks import LoRA
+
+    with pytest.raises(InvalidArgumentError, match=r"EMA: the model changed after EMA copied it"):
+        trainer(tmp_path, [EMA(), LoRA(rank=2)], max_steps=2).fit(UserClassifier(), loader())
+
+
+@pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_ema_is_off_under_fsdp_and_deepspeed_too(strategy):
+    from types import SimpleNamespace
+
+    import lightning.pytorch.strategies as strategies
+
+    # not constructed: DeepSpeed's __init__ needs the deepspeed package, FSDP's a CUDA device at setup
+    instance = object.__new__(getattr(strategies, strategy))
+    ema = EMA()
+    with pytest.warns(UserWarning, match=rf"EMA is off for this run: .*sharded strategy \({strategy}\)"):
+        assert ema._sharded(SimpleNamespace(strategy=instance))
+    assert ema._off
+
+
 def test_under_a_sharded_strategy_ema_is_off_and_says_so(tmp_path):
     """The main job's config (which has EMA) stays usable with FSDP / FSDP2: EMA steps aside, with a warning."""
     from types import SimpleNamespace

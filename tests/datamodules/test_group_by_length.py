@@ -115,6 +115,19 @@ def test_sorted_evaluation_batches_pad_far_less_and_hold_every_example_once(tiny
     assert pairs(sorted_batches) == pairs(file_batches)
 
 
+@pytest.mark.parametrize("build, data", [(_text_dm, "ragged_csv"), (_token_dm, "ragged_conll")])
+def test_the_test_split_is_sorted_too_and_in_the_files_order_without_the_option(tiny_tokenizer_dir, build, data,
+                                                                                 request):
+    train = request.getfixturevalue(data)
+    lengths = {}
+    for sort in (False, True):
+        dm = build(tiny_tokenizer_dir, train, test_file=str(train), sort_eval_by_length=sort)
+        dm.setup("test")
+        lengths[sort] = [int(m.sum()) for b in dm.test_dataloader() for m in b["attention_mask"]]
+    assert lengths[False] != sorted(lengths[False])  # the file is ragged: its own order is not sorted
+    assert lengths[True] == sorted(lengths[False])
+
+
 def test_predict_keeps_the_files_order_when_evaluation_is_sorted(tiny_tokenizer_dir, ragged_csv, tmp_path):
     predict = tmp_path / "predict.csv"
     predict.write_text(ragged_csv.read_text())

@@ -203,3 +203,21 @@ def test_length_grouped_order_shards_across_replicas_into_grouped_batches_and_re
 def test_lengths_that_do_not_match_the_dataset_are_refused():
     with pytest.raises(ValueError, match="lengths has 3 entries for a dataset of 4 examples"):
         ResumableDataLoader([0, 1, 2, 3], batch_size=2, shuffle=True, lengths=[1, 2, 3])
+
+
+def test_length_groups_are_mega_batches_of_50_batches_as_the_hf_trainers():
+    """Each batch holds neighbours in length within one mega-batch: 50 batches' worth of the epoch's permutation,
+    sorted longest first (transformers' LengthGroupedSampler uses the same 50)."""
+    batch_size, n = 2, 200
+    lengths = [(7 * i) % 101 + i / 1000 for i in range(n)]  # distinct
+    sampler = ResumableSampler(range(n), seed=5, lengths=lengths, batch_size=batch_size)
+    sampler.set_epoch(1)
+    indices = list(sampler)
+    batches = {tuple(indices[k : k + batch_size]) for k in range(0, n, batch_size)}
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(5 + 1)).tolist()
+    mega = 50 * batch_size
+    expected = set()
+    for start in range(0, n, mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        expected |= {tuple(chunk[k : k + batch_size]) for k in range(0, mega, batch_size)}
+    assert batches == expected

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lit_llm.datamodules.corpus import TextCorpusDataModule
 from lit_llm.modules import SequenceClassifier
+from lit_llm.hf import has_next_sentence_head
 from lit_llm.modules.masked_lm import MaskedLanguageModel
 
 DOCS = [f"the movie {i} was really good and the story of john in paris was great . the end" for i in range(24)]
@@ -70,6 +71,110 @@ def test_from_scratch_with_trained_tokenizer_and_nsp(tmp_path):
     assert "train/nsp_loss" in t.callback_metrics
     assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
     assert (mlm.export_path / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize(("model_type", "native"), [
+    ("bert", True), ("mobilebert", True), ("roformer", False), ("roberta", False), ("albert", False),
+    ("electra", False),
+])
+def test_which_architectures_have_berts_next_sentence_head(model_type, native):
+    # roformer has no pre-training class, roberta's is its masked LM, electra's a discriminator, albert's returns
+    # sop_logits: each gets lit-llm's SentencePairHead
+    assert has_next_sentence_head({"model_type": model_type}) is native
+
+
+def test_sentence_order_on_an_architecture_without_a_pretraining_head(tmp_path):
+    """RoFormer (the Chinese config's model) has no AutoModelForPreTraining class: lit-llm's own sentence-pair head
+    learns sentence order beside the masked LM, is optimized with it, is saved in the checkpoint (a resumed fit and
+    `lit-llm export` rebuild it) and is left out of the export, which loads as a plain masked LM."""
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM
+
+    from lit_llm.commands.export import export_checkpoint
+
+    config = {"model_type": "roformer", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 37, "max_position_embeddings": 64}
+    kwargs = dict(model=config, nsp=True, nsp_negatives="swapped", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    starts = []
+
+    class HeadAtStart(Callback):
+        def on_train_start(self, trainer, pl_module):
+            starts.append({k: v.clone() for k, v in pl_module.pair_head.state_dict().items()})
+
+    def fit(max_steps: int, ckpt_path=None) -> tuple[Trainer, MaskedLanguageModel]:
+        mlm = MaskedLanguageModel(**kwargs, export=ckpt_path is None)  # the first fit's export is never overwritten
+        data = dm(tmp_path, train_tokenizer="wordpiece", vocab_size=150, nsp=True, nsp_negatives="swapped")
+        t = Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=2,
+                    num_sanity_val_steps=0, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True),
+                                                       HeadAtStart()])
+        t.fit(mlm, data, ckpt_path=ckpt_path)
+        return t, mlm
+
+    t, mlm = fit(4)
+    assert type(mlm.model).__name__ == "RoFormerForMaskedLM"
+    assert "train/sop_loss" in t.callback_metrics and "train/sop_accuracy" in t.callback_metrics
+    end = {k: v.clone() for k, v in mlm.pair_head.state_dict().items()}
+    assert any(not torch.equal(starts[0][k], end[k]) for k in end)  # trained with the model
+    exported = AutoModelForMaskedLM.from_pretrained(mlm.export_path)  # a plain masked LM: nothing left unused
+    assert type(exported).__name__ == "RoFormerForMaskedLM"
+    assert set(load_file(mlm.export_path / "model.safetensors")) <= set(exported.state_dict())
+
+    # resumed from last.ckpt: the head starts where the first fit left it
+    fit(6, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    for k in end:
+        torch.testing.assert_close(starts[1][k], end[k], rtol=0, atol=0)
+    # `lit-llm export` rebuilds the module (head included, loaded strictly) and writes the masked LM alone
+    out = export_checkpoint(tmp_path / "ckpt" / "last.ckpt", tmp_path / "from_ckpt",
+                            "lit_llm.modules.MaskedLanguageModel")
+    assert type(AutoModelForMaskedLM.from_pretrained(out)).__name__ == "RoFormerForMaskedLM"
+
+
+def test_lora_keeps_the_pair_head_beside_the_model_in_its_checkpoints(tmp_path):
+    """LoRA saves the model's trainable weights only, and whatever the module keeps beside the model: the pair head
+    is in its checkpoints, so the fit-end restore of the best checkpoint and a resume load them strictly."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_llm.callbacks import LoRA
+
+    config = {"model_type": "roformer", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 37, "max_position_embeddings": 64}
+
+    def fit(max_steps: int, ckpt_path=None) -> MaskedLanguageModel:
+        torch.manual_seed(0)  # the same random base: a LoRA checkpoint holds only the adapters
+        mlm = MaskedLanguageModel(model=config, nsp=True, nsp_negatives="swapped", export=False)
+        data = dm(tmp_path, train_tokenizer="wordpiece", vocab_size=150, nsp=True, nsp_negatives="swapped")
+        best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/loss", save_last=True)
+        Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=2, val_check_interval=2,
+                num_sanity_val_steps=0, callbacks=[LoRA(rank=2, export_artifact=False), best]
+                ).fit(mlm, data, ckpt_path=ckpt_path)
+        return mlm
+
+    mlm = fit(2)  # the module restores its best checkpoint at fit end
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    assert {k for k in saved if k.startswith("pair_head.")} == {f"pair_head.{k}" for k in mlm.pair_head.state_dict()}
+    assert any("lora_" in k for k in saved) and not any(k.endswith("query.base_layer.weight") for k in saved)
+    fit(4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+
+
+def test_fsdp2_is_refused_for_lit_llms_pair_head_with_the_way_out(tiny_tokenizer_dir):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lit_llm.errors import InvalidArgumentError
+
+    mlm = MaskedLanguageModel(model={"model_type": "roformer", "hidden_size": 32, "num_hidden_layers": 1,
+                                     "num_attention_heads": 2, "intermediate_size": 37},
+                              tokenizer=str(tiny_tokenizer_dir), nsp=True, nsp_negatives="swapped")
+    assert mlm.pair_head is not None
+    # not constructed: only its type is read before anything is sharded
+    mlm._trainer = SimpleNamespace(strategy=object.__new__(ModelParallelStrategy), datamodule=None)
+    with pytest.raises(InvalidArgumentError, match=r"SentencePairHead .* ModelParallelStrategy does not shard.*"
+                                                   r"--trainer.strategy ddp"):
+        mlm.setup("fit")
 
 
 def test_labels_in_batch_used_as_is(tiny_bert_dir):

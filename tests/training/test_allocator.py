@@ -87,6 +87,9 @@ def test_the_cli_does_it_on_cpu_says_how_to_turn_it_off_and_hands_the_memory_bac
     assert "CPU allocator: large freed blocks stay in the process" in caplog.text
     assert "LIT_LLM_MALLOC_TUNING=0 turns this off" in caplog.text
     assert calls == ["keep", "release"]
+    for command in ("validate", "test"):  # the other subcommands too
+        LitLLMCLI(args=[command, "--config", str(config), "--run_name", command])
+    assert calls == ["keep", "release"] * 3
 
 
 def test_a_trainer_not_on_the_cpu_is_left_alone(monkeypatch):

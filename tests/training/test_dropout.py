@@ -259,9 +259,18 @@ def test_sdpa_with_fast_dropout_leaves_everything_else_to_transformers():
     assert sdpa.call_count == 4
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "gpt2"])
 def test_an_hf_model_runs_its_attention_dropout_through_it_and_exports_as_sdpa(arch, tmp_path, tiny_tokenizer):
-    from transformers import AutoModel, BertModel, GPT2Config, GPT2Model
+    from transformers import (
+        AutoModel,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+        GPT2Config,
+        GPT2Model,
+        RobertaConfig,
+        RobertaModel,
+    )
 
     from conftest import tiny_bert_config
     from lit_llm.training.dropout import ATTENTION
@@ -269,6 +278,14 @@ def test_an_hf_model_runs_its_attention_dropout_through_it_and_exports_as_sdpa(a
     if arch == "bert":
         model = BertModel(tiny_bert_config(len(tiny_tokenizer), hidden_dropout_prob=0.1,
                                            attention_probs_dropout_prob=0.2))
+    elif arch == "roberta":
+        model = RobertaModel(RobertaConfig(vocab_size=len(tiny_tokenizer), hidden_size=16, num_hidden_layers=2,
+                                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=40,
+                                           hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2))
+    elif arch == "distilbert":  # its config names the two rates dropout / attention_dropout
+        model = DistilBertModel(DistilBertConfig(vocab_size=len(tiny_tokenizer), dim=16, n_layers=2, n_heads=2,
+                                                 hidden_dim=32, max_position_embeddings=32, dropout=0.1,
+                                                 attention_dropout=0.2))
     else:
         model = GPT2Model(GPT2Config(vocab_size=len(tiny_tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=32,
                                      attn_pdrop=0.2, resid_pdrop=0.1, embd_pdrop=0.1))

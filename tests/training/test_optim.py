@@ -88,6 +88,19 @@ def test_build_optimizer_layer_decay_scales_the_optimizer_lr():
     assert {g["weight_decay"] for g in optimizer.param_groups} == {0.0, 0.05}
 
 
+@pytest.mark.parametrize("layer_decay", [None, 0.5])
+def test_an_extra_module_trains_at_the_optimizers_own_rate(layer_decay):
+    model, head = tiny_bert(), nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 2))
+    optimizer = build_optimizer(model, functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05),
+                                layer_decay, extra=head)
+    in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in [*model.parameters(), *head.parameters()]} == in_groups
+    for name, param in head.named_parameters():
+        group = next(g for g in optimizer.param_groups if any(q is param for q in g["params"]))
+        assert group["lr"] == pytest.approx(1e-3) and group["group_name"].startswith("extra_")
+        assert group["weight_decay"] == (0.0 if name.endswith("bias") else 0.05)
+
+
 def _mlm_loss(model: BertForMaskedLM, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, labels=ids).loss
 

@@ -204,7 +204,8 @@ def has_next_sentence_head(model: ModelSpec) -> bool:
     config_class = type(build_config(model))
     if config_class not in MODEL_FOR_PRETRAINING_MAPPING:
         return False
-    return "next_sentence_label" in inspect.signature(MODEL_FOR_PRETRAINING_MAPPING[config_class].forward).parameters
+    model_class: Any = MODEL_FOR_PRETRAINING_MAPPING[config_class]
+    return "next_sentence_label" in inspect.signature(model_class.forward).parameters
 
 
 def load_model(auto_cls: Any, model: ModelSpec, **config_overrides: Any) -> PreTrainedModel:

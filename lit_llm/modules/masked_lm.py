@@ -301,7 +301,7 @@ class MaskedLanguageModel(pl.LightningModule):
                                                                           torch.Tensor | None]:
         assert self.model is not None
         input_ids, labels = self.mask(batch, stage)
-        inputs = {"input_ids": input_ids, "attention_mask": batch.get("attention_mask")}
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": batch.get("attention_mask")}
         if "token_type_ids" in batch:
             inputs["token_type_ids"] = batch["token_type_ids"]
         if self.pair_head is not None:

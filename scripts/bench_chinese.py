@@ -121,6 +121,52 @@ def random_init(export: Path, out: Path, seed: int) -> Path:
     return out
 
 
+def pretrain_corpus(work: Path, seed: int, smoke: bool) -> list[Path]:
+    """The config's ``data_files`` (300-line subsets of them with ``smoke``)."""
+    corpus = [DATA / "pretrain" / "train.txt", DATA / "pretrain" / "reviews.txt"]
+    if smoke:
+        corpus = [subset_lines(path, work / "data" / f"pretrain_{path.name}", 300, seed) for path in corpus]
+    return corpus
+
+
+def pretrain_overrides(name: str, steps: int, seed: int, corpus: list[Path], work: Path, runs: str, smoke: bool,
+                       extra: list[str]) -> list[str]:
+    """The ``lit-llm fit`` arguments of one pre-training run of the config at the benchmark's budget: every run
+    shares ``work/tokenizer`` (trained by the first, then loaded), and validates (and so checkpoints the best) at
+    the last step too, since the export is the best checkpoint."""
+    overrides = ["--config", PRETRAIN, *QUIET, "--run_root", runs, "--run_name", f"pretrain_{name}",
+                 "--trainer.max_steps", str(steps), "--seed_everything", str(seed),
+                 "--trainer.val_check_interval", str(max(1, steps // 4)),
+                 "--data.init_args.data_files", "[" + ", ".join(map(str, corpus)) + "]",
+                 "--data.init_args.tokenizer_dir", str(work / "tokenizer"), *extra]
+    if smoke:
+        overrides += ["--model.init_args.model", TINY_MODEL, "--data.init_args.vocab_size", "3000",
+                      "--data.init_args.batch_size", "8"]
+    return overrides
+
+
+def finetune_files(work: Path, seed: int, sentiment_train: int, ner_train: int, smoke: bool
+                   ) -> dict[str, dict[str, Path]]:
+    """Per task, the seeded training subset, the validation split (NER: 1,000 sentences; 64 records with
+    ``smoke``) and the test split (the validation subset with ``smoke``)."""
+    files = {
+        "sentiment": {"train": subset_lines(DATA / "sentiment" / "train.jsonl", work / "data" / "sentiment_train.jsonl",
+                                            sentiment_train, seed),
+                      "val": subset_lines(DATA / "sentiment" / "validation.jsonl",
+                                          work / "data" / "sentiment_val.jsonl", 64 if smoke else None, seed),
+                      "test": DATA / "sentiment" / "test.jsonl"},
+        "ner": {"train": subset_lines(DATA / "ner" / "train.conll", work / "data" / "ner_train.conll", ner_train,
+                                      seed, blank_separated=True),
+                "val": subset_lines(DATA / "ner" / "validation.conll", work / "data" / "ner_val.conll",
+                                    64 if smoke else 1000, seed, blank_separated=True),
+                "test": DATA / "ner" / "test.conll"},
+    }
+    if smoke:
+        for task in files:
+            files[task]["test"] = files[task]["val"]
+    return files
+
+
 def finetune_once(task: str, start: str, files: dict[str, Path], lr: float | None, seed: int, runs: str,
                   args: argparse.Namespace, records: dict[str, Any]) -> dict[str, Any]:
     """One fine-tuning run tested after fit: its validation and test scores (its arguments go to ``records``)."""
@@ -192,21 +238,11 @@ def main(argv: list[str] | None = None) -> int:
                               "settings": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
 
     # -- 1. pre-training: WWM vs character masking, same budget, same tokenizer ---------------------------------
-    corpus = [DATA / "pretrain" / "train.txt", DATA / "pretrain" / "reviews.txt"]  # the config's data_files
-    if args.smoke:
-        corpus = [subset_lines(path, work / "data" / f"pretrain_{path.name}", 300, args.seed) for path in corpus]
+    corpus = pretrain_corpus(work, args.seed, args.smoke)
     exports: dict[str, Path] = {}
     for masking, wwm in (("wwm", "true"), ("char", "false")):
-        overrides = ["--config", PRETRAIN, *QUIET, "--run_root", runs, "--run_name", f"pretrain_{masking}",
-                     "--trainer.max_steps", str(args.pretrain_steps), "--seed_everything", str(args.seed),
-                     # validate (and so checkpoint the best) at the last step too: the export is the best checkpoint
-                     "--trainer.val_check_interval", str(max(1, args.pretrain_steps // 4)),
-                     "--model.init_args.whole_word_masking", wwm,
-                     "--data.init_args.data_files", "[" + ", ".join(map(str, corpus)) + "]",
-                     "--data.init_args.tokenizer_dir", str(work / "tokenizer")]  # trained once, then shared
-        if args.smoke:
-            overrides += ["--model.init_args.model", TINY_MODEL, "--data.init_args.vocab_size", "3000",
-                          "--data.init_args.batch_size", "8"]
+        overrides = pretrain_overrides(masking, args.pretrain_steps, args.seed, corpus, work, runs, args.smoke,
+                                       ["--model.init_args.whole_word_masking", wwm])
         cli, wall, used = run_cli(overrides + shlex.split(args.pretrain_args))
         exports[masking] = cli.run_dir / "export"
         result["runs"][f"pretrain_{masking}"] = {
@@ -227,23 +263,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- 3. fine-tuning from each start, same budget --------------------------------------------------------------
     exports["random"] = random_init(exports["wwm"], work / "random_init", args.seed)
-    senti_train = subset_lines(DATA / "sentiment" / "train.jsonl", work / "data" / "sentiment_train.jsonl",
-                               args.sentiment_train, args.seed)
-    ner_train = subset_lines(DATA / "ner" / "train.conll", work / "data" / "ner_train.conll", args.ner_train,
-                             args.seed, blank_separated=True)
-    ner_val = subset_lines(DATA / "ner" / "validation.conll", work / "data" / "ner_val.conll",
-                           64 if args.smoke else 1000, args.seed, blank_separated=True)
-    senti_val = subset_lines(DATA / "sentiment" / "validation.jsonl", work / "data" / "sentiment_val.jsonl",
-                             64 if args.smoke else None, args.seed)
-    tests = {"sentiment": DATA / "sentiment" / "test.jsonl", "ner": DATA / "ner" / "test.conll"}
-    if args.smoke:
-        tests = {"sentiment": senti_val, "ner": ner_val}
+    files_by_task = finetune_files(work, args.seed, args.sentiment_train, args.ner_train, args.smoke)
     result["finetune"] = {}
     lrs = {task: [float(x) for x in getattr(args, f"{task}_lrs").split(",") if x.strip()] or [None]
            for task in ("sentiment", "ner")}
-    for task, train, val in (("sentiment", senti_train, senti_val), ("ner", ner_train, ner_val)):
+    for task in ("sentiment", "ner"):
         for start in ("random", "char", "wwm"):
-            files = {"model": exports[start], "train": train, "val": val, "test": tests[task]}
+            files = {"model": exports[start], **files_by_task[task]}
             # the learning rate is chosen on validation, per start, at the first seed; the test split is read
             # only for the reports (the chosen learning rate's runs are the ones in the table)
             trials = [finetune_once(task, start, files, lr, args.seed, runs, args, result["runs"])

@@ -87,10 +87,10 @@ def run(args: argparse.Namespace, bench: Any, work: Path) -> dict[str, Any]:
 
     data = bench.DATA
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    sizes = {"sentiment": 4000, "ner": 3000, "val_ner": 1000, "heldout": 400, "epochs": 2}
+    sizes = {"sentiment": 4000, "ner": 3000, "heldout": 400, "epochs": 2}
     if args.smoke:
         args.pretrain_steps = 4
-        sizes = {"sentiment": 64, "ner": 64, "val_ner": 64, "heldout": 8, "epochs": 1}
+        sizes = {"sentiment": 64, "ner": 64, "heldout": 8, "epochs": 1}
     # finetune_once reads these attributes of the benchmark's own arguments
     ft_args = argparse.Namespace(finetune_epochs=sizes["epochs"], finetune_args="")
     runs, started = str(work / "runs"), time.perf_counter()
@@ -98,19 +98,11 @@ def run(args: argparse.Namespace, bench: Any, work: Path) -> dict[str, Any]:
                               "settings": {"pretrain_steps": args.pretrain_steps, "seed": args.seed,
                                            "finetune_seeds": args.finetune_seeds, **sizes, "lrs": LRS},
                               "runs": {}, "pretrain": {}}
-    corpus = [data / "pretrain" / "train.txt", data / "pretrain" / "reviews.txt"]
-    if args.smoke:
-        corpus = [bench.subset_lines(p, work / "data" / f"pretrain_{p.name}", 300, args.seed) for p in corpus]
+    corpus = bench.pretrain_corpus(work, args.seed, args.smoke)
     exports: dict[str, Path] = {}
     for name, extra in (("wwm", []), ("wwm_sop", SOP)):
-        overrides = ["--config", bench.PRETRAIN, *bench.QUIET, "--run_root", runs, "--run_name", f"pretrain_{name}",
-                     "--trainer.max_steps", str(args.pretrain_steps), "--seed_everything", str(args.seed),
-                     "--trainer.val_check_interval", str(max(1, args.pretrain_steps // 4)),
-                     "--data.init_args.data_files", "[" + ", ".join(map(str, corpus)) + "]",
-                     "--data.init_args.tokenizer_dir", str(work / "tokenizer"), *extra]
-        if args.smoke:
-            overrides += ["--model.init_args.model", bench.TINY_MODEL, "--data.init_args.vocab_size", "3000",
-                          "--data.init_args.batch_size", "8"]
+        overrides = bench.pretrain_overrides(name, args.pretrain_steps, args.seed, corpus, work, runs, args.smoke,
+                                             extra)
         cli, wall, used = bench.run_cli(overrides)
         exports[name] = cli.run_dir / "export"
         metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
@@ -124,23 +116,7 @@ def run(args: argparse.Namespace, bench: Any, work: Path) -> dict[str, Any]:
         result["pretrain"][name]["heldout_wwm_masks"] = bench.heldout_scores(exports[name], blocks, True, args.seed)
 
     exports["random"] = bench.random_init(exports["wwm"], work / "random_init", args.seed)
-    files = {
-        "sentiment": {"train": bench.subset_lines(data / "sentiment" / "train.jsonl",
-                                                  work / "data" / "sentiment_train.jsonl", sizes["sentiment"],
-                                                  args.seed),
-                      "val": bench.subset_lines(data / "sentiment" / "validation.jsonl",
-                                                work / "data" / "sentiment_val.jsonl",
-                                                64 if args.smoke else None, args.seed),
-                      "test": data / "sentiment" / "test.jsonl"},
-        "ner": {"train": bench.subset_lines(data / "ner" / "train.conll", work / "data" / "ner_train.conll",
-                                            sizes["ner"], args.seed, blank_separated=True),
-                "val": bench.subset_lines(data / "ner" / "validation.conll", work / "data" / "ner_val.conll",
-                                          sizes["val_ner"], args.seed, blank_separated=True),
-                "test": data / "ner" / "test.conll"},
-    }
-    if args.smoke:
-        for task in files:
-            files[task]["test"] = files[task]["val"]
+    files = bench.finetune_files(work, args.seed, sizes["sentiment"], sizes["ner"], args.smoke)
     result["finetune"] = {}
     for task in tasks:
         for start in ("random", "wwm", "wwm_sop"):
